@@ -1,0 +1,1 @@
+"""Roles, RPC, process groups, aggregation, data and config: everything that runs."""

@@ -1,0 +1,1 @@
+"""E2E NLG data: reading, converting, tokenising, partitioning, synthetic default."""

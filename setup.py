@@ -1,0 +1,30 @@
+"""splitlora: split federated LoRA fine-tuning of GPT-2 over torch.distributed RPC."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+REQUIREMENTS = [
+    line.strip()
+    for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#") and not line.startswith(("pytest", "ruff"))
+]
+
+setup(
+    name="splitlora",
+    version="0.1.0",
+    description="Split federated LoRA fine-tuning of GPT-2 across real processes (RPC + distributed autograd)",
+    python_requires=">=3.10",
+    packages=["models", "runtime", "runtime.data", "launch", "metrics"],
+    install_requires=REQUIREMENTS,
+    extras_require={"dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5"]},
+    entry_points={
+        "console_scripts": [
+            "splitlora-train=launch.train:main",
+            "splitlora-evaluate=launch.evaluate:main",
+            "splitlora-data=launch.data:main",
+            "splitlora-bench=launch.bench:main",
+            "splitlora-score=metrics.e2e:main",
+        ]
+    },
+)
