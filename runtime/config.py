@@ -1,0 +1,334 @@
+"""One config dataclass tree for every entry point.
+
+Precedence: CLI overrides > config file (JSON or YAML) > defaults. The tree is built from
+the merged dict in one go, so every section's ``__post_init__`` validates the final values;
+``validate_for_world`` then checks what depends on the launch (world size, model depth).
+Both run on every rank before any process group or RPC agent starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("cenlora", "splitlora", "fedlora")
+CUT_DTYPES = ("fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # preset: tiny, gpt2, gpt2-medium, gpt2-large
+    path: str | None = None  # local HF directory or cache name with real weights
+    # The LoRA recipe's GPT-2 has no dropout in the base model; only LoRA dropout.
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LoRASection:
+    r: int = 4
+    alpha: float = 32.0
+    dropout: float = 0.1
+    targets: str = "q,v"  # comma list of q, k, v, attn_proj, mlp_fc, mlp_proj
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
+        _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    dir: str | None = None  # E2E data root; else $SPLITLORA_DATA, then the user cache
+    source: str = "auto"  # auto (E2E if found, else synthetic), e2e, synthetic
+    seq_len: int = 512  # examples longer than this are truncated
+    pad_to_seq_len: bool = False  # True: pad every batch to seq_len (like-for-like with the reference)
+    partition: str = "iid"  # iid, contiguous, dirichlet:<alpha>[:<attribute>]
+    max_train_examples: int = 0  # 0 = all; >0 keeps the first k (smoke runs)
+    max_eval_examples: int = 256  # validation examples for the loss at the end (0 = none)
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("auto", "e2e", "synthetic"),
+               f"data.source must be auto|e2e|synthetic, got {self.source!r}")
+        _check(self.seq_len >= 8, f"data.seq_len must be >= 8, got {self.seq_len}")
+        _check(self.max_train_examples >= 0, f"data.max_train_examples must be >= 0, got {self.max_train_examples}")
+        _check(self.max_eval_examples >= 0, f"data.max_eval_examples must be >= 0, got {self.max_eval_examples}")
+        head = self.partition.split(":", 1)[0]
+        _check(head in ("iid", "contiguous", "dirichlet"), f"data.partition unknown scheme {self.partition!r}")
+
+
+@dataclass
+class SplitConfig:
+    cut: int = 3  # client holds blocks 0..cut-1 (SplitLoRA's public code cuts after block 3)
+    cut_dtype: str = "fp32"  # dtype of the activations/gradients that cross the cut
+
+    def __post_init__(self) -> None:
+        _check(self.cut_dtype in CUT_DTYPES, f"split.cut_dtype must be one of {CUT_DTYPES}, got {self.cut_dtype!r}")
+        _check(self.cut >= 0, f"split.cut must be >= 0, got {self.cut}")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # per client
+    max_steps: int = 40  # local steps per client; 0 = run `epochs` full epochs
+    epochs: int = 1
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-6
+    label_smoothing: float = 0.1
+    grad_clip: float = 0.0  # 0 = none (the reference recipe clips nothing)
+    seed: int = 110
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.max_steps >= 0, f"train.max_steps must be >= 0, got {self.max_steps}")
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass
+class FedConfig:
+    aggregate_every: int = 10  # local client steps between client-side aggregations
+    strategy: str = "fedavg"
+    weighting: str = "samples"  # samples (|D_k| / sum |D|) or uniform
+
+    def __post_init__(self) -> None:
+        _check(self.aggregate_every >= 1, f"fed.aggregate_every must be >= 1, got {self.aggregate_every}")
+        _check(self.strategy in ("fedavg",), f"fed.strategy unknown: {self.strategy!r} (known: fedavg)")
+        _check(self.weighting in ("samples", "uniform"),
+               f"fed.weighting must be samples|uniform, got {self.weighting!r}")
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto (cuda if available), cpu, cuda
+    order: str = "arrival"  # server applies client steps in arrival order, or round_robin (reproducible)
+    rpc_timeout: float = 120.0  # seconds; also bounds rpc.shutdown and collectives
+    rpc_threads: int = 0  # TensorPipe worker threads; 0 = max(16, 2 * clients + 8)
+    transport: str = "auto"  # auto (uv on CPU: shm busy-polls), uv, shm
+    cuda_cut: str = "host"  # host: cut tensors staged through CPU (works with dist autograd); device_maps
+    server_threads: int = 0  # torch threads on the server; 0 = cores left by waiting clients
+    client_threads: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), f"runtime.device must be auto|cpu|cuda, got {self.device!r}")
+        _check(self.order in ("arrival", "round_robin"),
+               f"runtime.order must be arrival|round_robin, got {self.order!r}")
+        _check(self.rpc_timeout > 0, f"runtime.rpc_timeout must be > 0, got {self.rpc_timeout}")
+        _check(self.rpc_threads >= 0, f"runtime.rpc_threads must be >= 0, got {self.rpc_threads}")
+        _check(self.transport in ("auto", "uv", "shm"),
+               f"runtime.transport must be auto|uv|shm, got {self.transport!r}")
+        _check(self.cuda_cut in ("host", "device_maps"),
+               f"runtime.cuda_cut must be host|device_maps, got {self.cuda_cut!r}")
+        _check(self.server_threads >= 0 and self.client_threads >= 0, "runtime.*_threads must be >= 0")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+    name: str = ""  # run directory name; empty = <method>-<timestamp>
+    save_model: bool = True
+
+    def __post_init__(self) -> None:
+        _check("/" not in self.name, f"out.name must be a plain name, got {self.name!r}")
+
+
+@dataclass
+class Config:
+    method: str = "splitlora"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRASection = field(default_factory=LoRASection)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    out: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce a CLI string (or file value) to the field's annotated type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(float(value)) if tp is int and isinstance(value, str) and "e" in value.lower() else tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = _field_types(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"section {prefix.rstrip('.')!r}" if prefix else "the top level"
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)} in {where}; "
+                          f"known: {', '.join(sorted(known))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} is a section; set its keys as --{prefix}{name}.KEY=VALUE")
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def _load_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--{dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+    """Split argv into (--config FILE, [(dotted.key, value)], leftover flags)."""
+    config_file: str | None = None
+    pairs: list[tuple[str, str]] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                rest.append(arg)
+                i += 1
+                continue
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if key == "config":
+            config_file = value
+        else:
+            pairs.append((key.replace("-", "_"), value))
+    return config_file, pairs, rest
+
+
+def build_config(argv: list[str] | None = None, base: dict[str, Any] | None = None) -> Config:
+    """Build and validate the config tree from defaults, an optional file and CLI overrides."""
+    config_file, pairs, rest = parse_overrides(list(argv or []))
+    if rest:
+        raise ConfigError(f"flag(s) without a value: {' '.join(rest)}")
+    tree: dict[str, Any] = json.loads(json.dumps(base or {}))
+    if config_file:
+        file_tree = _load_file(config_file)
+        for section, values in file_tree.items():
+            if isinstance(values, dict):
+                tree.setdefault(section, {}).update(values)
+            else:
+                tree[section] = values
+    for key, value in pairs:
+        _set_dotted(tree, key, value)
+    return _build(Config, tree, "")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a saved config (config.json of a run)."""
+    return _build(Config, data, "")
+
+
+def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
+    """Checks that depend on the launch: process count and model depth.
+
+    cenlora runs in one process; splitlora and fedlora need a server (rank 0) plus at
+    least one client. The cut must leave the server at least one block.
+    """
+    if cfg.method == "cenlora":
+        _check(world_size == 1, f"method cenlora runs in one process; got WORLD_SIZE={world_size} "
+                                "(use --nproc_per_node=1)")
+    else:
+        _check(world_size >= 2, f"method {cfg.method} needs a server (rank 0) and at least one client: "
+                                f"WORLD_SIZE must be >= 2, got {world_size} (use --nproc_per_node=N+1 for N clients)")
+    if cfg.method == "splitlora":
+        _check(1 <= cfg.split.cut <= n_layer - 1,
+               f"split.cut must be in [1, {n_layer - 1}] for a {n_layer}-block model "
+               f"(client holds blocks 0..cut-1, server the rest), got {cfg.split.cut}")

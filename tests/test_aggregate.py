@@ -1,0 +1,62 @@
+"""Client-side FedAvg: plain maths, and the all_reduce over a client-only subgroup."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from runtime.aggregate import allreduce_weighted_mean, client_weights, weighted_mean
+
+
+def test_client_weights():
+    assert client_weights([1, 3]) == [0.25, 0.75]
+    assert client_weights([1, 3], "uniform") == [0.5, 0.5]
+    with pytest.raises(ValueError):
+        client_weights([0, 0])
+
+
+def test_weighted_mean_by_hand():
+    a = [torch.tensor([1.0, 2.0]), torch.tensor([[4.0]])]
+    b = [torch.tensor([3.0, 6.0]), torch.tensor([[0.0]])]
+    out = weighted_mean([a, b], [0.25, 0.75])
+    assert torch.allclose(out[0], torch.tensor([2.5, 5.0]))  # 0.25*1+0.75*3, 0.25*2+0.75*6
+    assert torch.allclose(out[1], torch.tensor([[1.0]]))  # 0.25*4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    group = dist.new_group(ranks=list(range(1, world)))  # every rank calls it; rank 0 is the server
+    if rank > 0:
+        g = torch.Generator().manual_seed(rank)
+        tensors = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+        counts = [10, 30]
+        w = client_weights(counts)[rank - 1]
+        before = [t.clone() for t in tensors]
+        nbytes = allreduce_weighted_mean(tensors, w, group)
+        results[rank] = ([t for t in before], [t for t in tensors], nbytes)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_allreduce_weighted_mean_over_client_subgroup():
+    world = 3
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(world, _free_port(), results), nprocs=world, join=True)
+    before1, after1, n1 = results[1]
+    before2, after2, _ = results[2]
+    expected = weighted_mean([before1, before2], [0.25, 0.75])
+    for a1, a2, e in zip(after1, after2, expected):
+        assert torch.equal(a1, a2)  # clients hold identical adapters after aggregation
+        assert torch.allclose(a1, e, atol=1e-7)  # ... equal to the sample-weighted mean
+    assert n1 == (12 + 5) * 4  # one flat fp32 buffer

@@ -1,0 +1,63 @@
+"""Config tree: precedence (CLI > file > defaults), typing, validation before any group starts."""
+
+import json
+
+import pytest
+
+from runtime.config import Config, ConfigError, build_config, config_from_dict, validate_for_world
+
+
+def test_defaults_are_the_offline_tiny_split_run():
+    cfg = build_config([])
+    assert cfg.method == "splitlora" and cfg.model.name == "tiny" and cfg.data.source == "auto"
+
+
+def test_cli_overrides_file_overrides_defaults(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"train": {"lr": 0.001, "batch_size": 2}, "lora": {"r": 8}}))
+    cfg = build_config(["--config", str(f), "--train.lr=0.005", "--lora.alpha", "16", "--method", "fedlora"])
+    assert cfg.train.lr == 0.005  # CLI beats file
+    assert cfg.train.batch_size == 2  # file beats default
+    assert cfg.lora.r == 8 and cfg.lora.alpha == 16.0 and cfg.method == "fedlora"
+
+
+def test_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("split:\n  cut: 2\ndata:\n  pad_to_seq_len: true\n")
+    cfg = build_config(["--config", str(f)])
+    assert cfg.split.cut == 2 and cfg.data.pad_to_seq_len is True
+
+
+def test_round_trip_through_json():
+    cfg = build_config(["--lora.r=2", "--model.path=/x"])
+    again = config_from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lora.r=0"], "lora.r"),
+    (["--train.batch_size=-1"], "train.batch_size"),
+    (["--train.lr=abc"], "train.lr"),
+    (["--method=magic"], "method"),
+    (["--nosuch.key=1"], "nosuch"),
+    (["--train.nosuch=1"], "train.nosuch"),
+    (["--split.cut_dtype=int8"], "split.cut_dtype"),
+    (["--data.partition=zipf"], "data.partition"),
+    (["--data.pad_to_seq_len=maybe"], "data.pad_to_seq_len"),
+    (["--train.max_steps=1.5"], "train.max_steps"),
+])
+def test_bad_values_name_the_field(argv, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        build_config(argv)
+
+
+def test_world_checks():
+    cfg = build_config([])
+    with pytest.raises(ConfigError, match="WORLD_SIZE must be >= 2"):
+        validate_for_world(cfg, 1, 4)
+    with pytest.raises(ConfigError, match=r"split\.cut must be in \[1, 3\]"):
+        validate_for_world(build_config(["--split.cut=4"]), 3, 4)
+    with pytest.raises(ConfigError, match="one process"):
+        validate_for_world(build_config(["--method=cenlora"]), 3, 4)
+    validate_for_world(cfg, 3, 4)  # 2 clients + server, cut 3 of 4: fine
+    assert isinstance(cfg, Config)
