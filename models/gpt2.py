@@ -254,6 +254,7 @@ class GPT2(nn.Module):
         position_ids: Tensor | None = None,
         attn_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        select: Tensor | None = None,
     ) -> Tensor:
         """Run the parts of GPT-2 this module owns.
 
@@ -263,6 +264,10 @@ class GPT2(nn.Module):
             for left-padded batches; combined with causality here. Pass matching
             ``position_ids`` (see ``position_ids_from_mask``).
         kv_cache: appended to for every block owned, then advanced by T.
+        select: optional bool (B, T); with ``lm_head``, only those positions get logits,
+            returned as (N, V) in row-major order. Training needs logits only where the
+            loss counts (the completion): the (·, C) x (C, V) head is most of a small
+            model's cost, and the context and padding are about half of the positions.
         Returns logits (B, T, V) if this part owns ``lm_head``, else hidden states (B, T, C).
         """
         past = kv_cache.length if kv_cache is not None else 0
@@ -288,6 +293,8 @@ class GPT2(nn.Module):
         if kv_cache is not None:
             kv_cache.length = past + T
         if self.lm_head is not None:
+            if select is not None:
+                return self.lm_head(h[select])  # (N, V)
             return self.lm_head(h)  # (B, T, V)
         return h
 

@@ -233,3 +233,17 @@ def test_lm_loss_empty_mask_and_bad_input():
         lm_loss(logits, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2), label_smoothing=1.0)
     with pytest.raises(ValueError, match="expected logits"):
         lm_loss(logits, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 2))
+
+
+def test_model_loss_equals_lm_loss_on_full_logits(tiny_model):
+    from models.loss import lm_loss, model_loss
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, tiny_model.config.vocab_size, (3, 9))
+    targets = torch.randint(0, tiny_model.config.vocab_size, (3, 9))
+    mask = (torch.rand(3, 9) > 0.4).float()
+    tiny_model.eval()
+    full = lm_loss(tiny_model(ids), targets, mask, 0.1)
+    selected = model_loss(tiny_model, ids, targets, mask, 0.1)
+    assert torch.allclose(full, selected, atol=1e-6)
+    assert tiny_model(ids, select=mask > 0).shape == (int(mask.sum()), tiny_model.config.vocab_size)

@@ -1,0 +1,141 @@
+"""Train with CenLoRA, SplitLoRA or FedLoRA.
+
+    # SplitLoRA, 2 clients + server, tiny GPT-2 on CPU (the offline default):
+    torchrun --standalone --nproc_per_node=3 -m launch.train
+    # the centralized reference, one process:
+    torchrun --standalone --nproc_per_node=1 -m launch.train --method cenlora
+    # FedLoRA (whole model on each client), real weights:
+    torchrun --standalone --nproc_per_node=4 -m launch.train --method fedlora \\
+        --model.name gpt2-medium --model.path /path/to/gpt2-medium
+
+Rank 0 is the server (SplitLoRA: blocks after the cut + LM head + loss; FedLoRA: only
+coordination), ranks 1..N are clients. Overrides are ``--section.key=value`` (or
+``--section.key value``) and ``--config FILE.json|yaml``; see runtime/config.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from runtime.config import Config, ConfigError, build_config, validate_for_world
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description; errors raised on a peer arrive wrapped with its traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    head = lines[0]
+    causes = [ln for ln in lines[1:] if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", ln)]
+    if causes and causes[-1] not in head:
+        head = f"{head} {causes[-1]}"
+    return f"{type(exc).__name__}: {head}"
+
+
+def _fail(role: str, exc: BaseException, code: int) -> int:
+    print(f"splitlora: error [{role}]: {one_line(exc)}", file=sys.stderr, flush=True)
+    return code
+
+
+def prepare(argv: list[str]) -> tuple[Config, int, int]:
+    """Parse and validate everything that can be checked before any process group starts."""
+    from runtime.build import model_config
+    from runtime.dist import read_env_world
+
+    cfg = build_config(argv)
+    rank, world_size, _ = read_env_world()
+    validate_for_world(cfg, world_size, model_config(cfg).n_layer)
+    return cfg, rank, world_size
+
+
+@record
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    role = f"rank {os.environ.get('RANK', '0')}"
+    try:
+        cfg, rank, world_size = prepare(argv)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        return _fail(role, exc, 2)
+    try:
+        return _run(cfg, rank, world_size)
+    except KeyboardInterrupt:
+        return _fail(role, KeyboardInterrupt("interrupted"), 130)
+    except BaseException as exc:  # noqa: BLE001 - every failure must end this rank non-zero, now
+        if os.environ.get("SPLITLORA_TRACEBACK"):
+            traceback.print_exc()
+        _fail(role, exc, 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip atexit/RPC teardown: with a dead peer it can block; torchrun ends the others.
+        os._exit(1)
+
+
+def _run(cfg: Config, rank: int, world_size: int) -> int:
+    import torch
+
+    from runtime.artifacts import run_name, write_json
+    from runtime.inputs import RunPlan, load_client_data
+
+    if cfg.method == "cenlora":
+        from runtime.dist import pick_device
+        from runtime.roles import run_cenlora
+
+        run_dir = Path(cfg.out.dir) / run_name(cfg)
+        _start(cfg, run_dir, {"world_size": 1})
+        summary = run_cenlora(cfg, run_dir, pick_device(cfg, 0))
+        write_json(run_dir / "summary.json", summary)
+        _report(run_dir, summary)
+        return 0
+
+    from runtime.dist import broadcast_object, init_world, shutdown_world
+    from runtime.roles import run_client, run_server
+
+    data = None
+    if rank != 0:
+        # Load and partition before any group starts: bad data fails here, cleanly.
+        data = load_client_data(cfg, client_index=rank - 1, n_clients=world_size - 1)
+    world = init_world(cfg)
+    plan = broadcast_object(RunPlan.make(cfg, data.all_counts, data.source) if rank == 1 else None, src=1)
+    run_dir = Path(str(broadcast_object(str(Path(cfg.out.dir) / run_name(cfg)) if rank == 0 else None, src=0)))
+    if world.is_server:
+        _start(cfg, run_dir, {"world_size": world_size, "device": str(world.device),
+                              "data_source": plan.source, "client_samples": plan.counts,
+                              "local_steps": plan.local_steps})
+        summary = run_server(cfg, world, run_dir, plan)
+        write_json(run_dir / "summary.json", summary)
+        _report(run_dir, summary)
+    else:
+        run_client(cfg, world, run_dir, data, plan)
+    del torch
+    shutdown_world(cfg)
+    return 0
+
+
+def _start(cfg: Config, run_dir: Path, launch: dict) -> None:
+    from runtime.artifacts import write_json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(cfg.to_json(), flush=True)
+    write_json(run_dir / "config.json", {**cfg.to_dict(), "launch": launch})
+    print(f"splitlora: {cfg.method} -> {run_dir}", file=sys.stderr, flush=True)
+
+
+def _report(run_dir: Path, summary: dict) -> None:
+    first, last, val = summary.get("loss_first"), summary.get("loss_last"), summary.get("val_loss")
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    print(f"splitlora: done: loss {fmt(first)} -> {fmt(last)}, val loss {fmt(val)}, "
+          f"{summary.get('tokens_per_s') or 0:.0f} tok/s, data: {summary.get('data_source')}; "
+          f"outputs in {run_dir}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

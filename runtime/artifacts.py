@@ -1,0 +1,135 @@
+"""What a run leaves on disk: config, summary, trained model, checkpoints.
+
+Layout of a run directory::
+
+    config.json            the whole config tree (+ launch facts)
+    metrics.jsonl          one record per client step / aggregation / eval
+    summary.json           final losses, bytes, times, data description
+    model/lora.safetensors LoRA tensors of the whole model, our names
+    model/base.safetensors base weights, only when they are random (no model.path)
+    model/adapter_model.safetensors + adapter_config.json   Hugging Face peft layout
+    ckpt/step_<n>/{server,client<k>}.pt   per-rank training state
+
+Writes go to a temporary file, are fsynced, then renamed: a kill mid-write never
+leaves a truncated file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.lora import iter_lora_adapters, lora_state_dict
+from runtime.config import Config
+
+
+def run_name(cfg: Config) -> str:
+    return cfg.out.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def torch_save(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The LoRA of a whole model in Hugging Face peft's layout for GPT-2's fused ``c_attn``.
+
+    peft adapts the whole Conv1D ``c_attn`` (out = 3d) with one rank-R pair. Our q/v
+    adapters are the same map at rank R = (#targets)·r: A stacks the slices' A (R, d),
+    B places each slice's B in its rows of the 3d output and zeros elsewhere (3d, R).
+    peft scales by lora_alpha / R, so lora_alpha = alpha · R / r keeps alpha / r.
+    Only ``c_attn`` targets (q, k, v) are exported this way.
+    """
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for name, adapter in iter_lora_adapters(model):
+        linear_name, _, slice_name = name.rpartition(".adapters.")
+        if linear_name.endswith("attn.c_attn"):
+            groups.setdefault(linear_name, []).append((slice_name, adapter))
+    tensors: dict[str, torch.Tensor] = {}
+    rank = 0
+    d = None
+    for linear_name, adapters in groups.items():
+        order = {"q": 0, "k": 1, "v": 2}
+        adapters.sort(key=lambda t: order[t[0]])
+        d = adapters[0][1].lora_A.shape[1]
+        r = adapters[0][1].lora_A.shape[0]
+        rank = r * len(adapters)
+        A = torch.cat([a.lora_A.detach() * a.rank_mask.view(-1, 1) for _, a in adapters], dim=0)  # (R, d)
+        B = torch.zeros(3 * d, rank, dtype=A.dtype)  # (3d, R)
+        for i, (slice_name, a) in enumerate(adapters):
+            s = order[slice_name] * d
+            B[s:s + d, i * r:(i + 1) * r] = a.lora_B.detach().cpu()
+        prefix = "base_model.model." + linear_name
+        tensors[f"{prefix}.lora_A.weight"] = A.cpu()
+        tensors[f"{prefix}.lora_B.weight"] = B
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank,
+        "lora_alpha": cfg.lora.alpha * rank / cfg.lora.r if rank else cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout, "target_modules": ["c_attn"], "fan_in_fan_out": True,
+        "bias": "none", "base_model_name_or_path": cfg.model.path or cfg.model.name,
+        "splitlora_note": f"q/v slice adapters of rank {cfg.lora.r} re-expressed as one c_attn adapter (exact)",
+    }
+    return tensors, config
+
+
+def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config) -> Path:
+    """Save the whole trained model: LoRA tensors (+ random base weights) + peft layout."""
+    out = run_dir / "model"
+    meta = {"method": cfg.method, "model": cfg.model.name}
+    save_tensors(out / "lora.safetensors", lora_state_dict(model), meta)
+    if not cfg.model.path:
+        base = {k: v for k, v in model.state_dict().items() if ".adapters." not in k and k != "lm_head.weight"}
+        save_tensors(out / "base.safetensors", base, meta)
+    tensors, peft_cfg = peft_layout(model, cfg)
+    if tensors:
+        save_tensors(out / "adapter_model.safetensors", tensors)
+        write_json(out / "adapter_config.json", peft_cfg)
+    return out
+
+
+def load_model_tensors(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    lora = load_file(str(model_dir / "lora.safetensors"))
+    base_path = model_dir / "base.safetensors"
+    base = load_file(str(base_path)) if base_path.is_file() else None
+    return lora, base

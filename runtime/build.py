@@ -1,0 +1,114 @@
+"""Factories shared by every role: model (+ LoRA, + split), optimizer, schedule, threads."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.gpt2 import GPT2, GPT2Config, build_config
+from models.lora import LoRAConfig, apply_lora
+from models.split import split_model
+from runtime.config import Config
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def model_config(cfg: Config) -> GPT2Config:
+    """The GPT-2 shape this run uses (from the preset, or from model.path's config.json)."""
+    drop = cfg.model.dropout
+    overrides = dict(embd_pdrop=drop, attn_pdrop=drop, resid_pdrop=drop)
+    if cfg.model.path:
+        import json
+
+        cfg_file = Path(cfg.model.path) / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"model.path {cfg.model.path!r} has no config.json (expected a Hugging Face "
+                                    "GPT-2 directory saved with save_pretrained)")
+        hf = json.loads(cfg_file.read_text())
+        return GPT2Config(vocab_size=hf["vocab_size"], n_positions=hf["n_positions"], n_embd=hf["n_embd"],
+                          n_layer=hf["n_layer"], n_head=hf["n_head"],
+                          layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **overrides)
+    return build_config(cfg.model.name, **overrides)
+
+
+def build_full_model(cfg: Config) -> GPT2:
+    """The whole GPT-2 with LoRA applied, identical on every rank for the same seed.
+
+    Every rank builds the same full model and keeps its part: the base weights (random
+    init or pretrained) and the LoRA init (A kaiming-uniform, B zeros) then agree across
+    ranks without any transfer, and a one-client split run equals CenLoRA exactly.
+    """
+    seed_everything(cfg.train.seed)
+    if cfg.model.path:
+        drop = cfg.model.dropout
+        model = GPT2.from_pretrained(cfg.model.path, embd_pdrop=drop, attn_pdrop=drop, resid_pdrop=drop)
+    else:
+        model = GPT2(model_config(cfg))
+    targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
+    apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets))
+    return model
+
+
+def build_split_parts(cfg: Config) -> tuple[GPT2, GPT2]:
+    return split_model(build_full_model(cfg), cfg.split.cut)
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def build_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.AdamW:
+    t = cfg.train
+    # foreach=False keeps the update order per tensor fixed (bitwise-equal split vs centralized).
+    return torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay,
+                             foreach=False)
+
+
+def linear_schedule(warmup: int, total: int):
+    """Linear warmup to the base lr over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if total <= warmup:
+            return 1.0
+        return max(0.0, (total - step) / (total - warmup))
+
+    return factor
+
+
+def build_scheduler(cfg: Config, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.train.warmup_steps, total_steps))
+
+
+def set_threads(n: int) -> int:
+    """Set torch's intra-op threads (torchrun sets OMP_NUM_THREADS=1 everywhere)."""
+    n = max(1, n)
+    torch.set_num_threads(n)
+    return n
+
+
+def server_thread_count(cfg: Config) -> int:
+    # Clients mostly wait on the server, which runs most of the model for all of them:
+    # by default the server may use every core (clients compute only briefly, in turns).
+    return cfg.runtime.server_threads or (os.cpu_count() or 1)
+
+
+def steps_for(cfg: Config, n_batches_per_epoch: int) -> int:
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    return cfg.train.epochs * n_batches_per_epoch
+
+
+def ceil_div(a: int, b: int) -> int:
+    return int(math.ceil(a / b))

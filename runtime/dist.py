@@ -1,0 +1,140 @@
+"""Process groups and the RPC agent: start-up and bounded shut-down.
+
+Order on every rank (measured to work with one MASTER_ADDR/PORT, REFERENCE.md §7):
+``init_process_group`` (gloo on CPU; gloo+NCCL on CUDA) → ``new_group(client ranks)``
+called on *every* rank (a subgroup collective hangs if any member skipped it) →
+``init_rpc`` (TensorPipe). Rank 0 is the server, ranks 1..N the clients.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.rpc as rpc
+
+from runtime.config import Config
+
+SERVER = "server"
+
+
+def client_name(rank: int) -> str:
+    """RPC worker name of the client on ``rank`` (1-based, as its rank)."""
+    return f"client{rank}"
+
+
+@dataclass
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    client_group: dist.ProcessGroup | None = None  # None on the server and in cenlora
+
+    @property
+    def is_server(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def n_clients(self) -> int:
+        return self.world_size - 1
+
+    @property
+    def client_index(self) -> int:
+        """0-based index of this client (rank - 1)."""
+        return self.rank - 1
+
+    @property
+    def role(self) -> str:
+        return SERVER if self.is_server else client_name(self.rank)
+
+
+def read_env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's variables; (0, 1, 0) when run plainly."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(cfg: Config, local_rank: int) -> torch.device:
+    want = cfg.runtime.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device=cuda but CUDA is not available on this machine")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        n = torch.cuda.device_count()
+        return torch.device("cuda", local_rank % n)
+    return torch.device("cpu")
+
+
+def rpc_threads(cfg: Config, n_clients: int) -> int:
+    # Each waiting client holds one server RPC thread (the server lock), and the
+    # distributed backward needs free threads too: keep the pool well above the clients.
+    return cfg.runtime.rpc_threads or max(16, 2 * n_clients + 8)
+
+
+def _rpc_options(cfg: Config, world: World) -> rpc.TensorPipeRpcBackendOptions:
+    transports = None
+    transport = cfg.runtime.transport
+    if transport == "uv" or (transport == "auto" and world.device.type == "cpu"):
+        # The shared-memory transport busy-polls (~70 % of a core per idle agent).
+        transports = ["uv"]
+    opts = rpc.TensorPipeRpcBackendOptions(
+        num_worker_threads=rpc_threads(cfg, world.n_clients),
+        rpc_timeout=cfg.runtime.rpc_timeout,
+        _transports=transports,
+    )
+    if world.device.type == "cuda" and cfg.runtime.cuda_cut == "device_maps":
+        # Beta in torch: CUDA tensors sent without a host copy. Clients map to the server's device.
+        server_dev = world.device.index if world.is_server else None
+        if world.is_server:
+            for r in range(1, world.world_size):
+                opts.set_device_map(client_name(r), {server_dev: server_dev})
+        else:
+            opts.set_device_map(SERVER, {world.device.index: world.device.index})
+    return opts
+
+
+def init_world(cfg: Config) -> World:
+    """Start the default group, the client subgroup and the RPC agent on this rank."""
+    rank, world_size, local_rank = read_env_world()
+    device = pick_device(cfg, local_rank)
+    world = World(rank, world_size, local_rank, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=cfg.runtime.rpc_timeout)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
+    # Every rank must call new_group, members or not.
+    sub_backend = "nccl" if device.type == "cuda" else "gloo"
+    group = dist.new_group(ranks=list(range(1, world_size)), timeout=timeout, backend=sub_backend)
+    if not world.is_server:
+        world.client_group = group
+    # init_rpc prints an upstream deprecation warning about the Gloo ProcessGroup once per
+    # rank (harmless, REFERENCE.md §7); keep it out of the user's log.
+    warnings.filterwarnings("ignore", message=r"You are using a Backend .* as a ProcessGroup")
+    rpc.init_rpc(world.role, rank=rank, world_size=world_size, rpc_backend_options=_rpc_options(cfg, world))
+    return world
+
+
+def shutdown_world(cfg: Config, graceful: bool = True) -> None:
+    """Stop RPC with a bound (the default waits for ever when a peer died), then the groups."""
+    try:
+        rpc.shutdown(graceful=graceful, timeout=cfg.runtime.rpc_timeout)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Send one picklable object from ``src`` to all ranks over the default group."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def world_barrier() -> None:
+    """All ranks meet here (default group): e.g. clients wait until the server is serving."""
+    dist.barrier()

@@ -1,0 +1,103 @@
+"""Each client's private data: its shard of the training set, in a reproducible order.
+
+Every client computes the same seeded partition of the whole training set and keeps its
+own shard; no data crosses processes. All clients run the same number of local steps
+(aggregation is a collective: every member must join every round), chosen so that the
+clients together see the training set ``epochs`` times; a small shard just starts its
+next pass earlier, and the sample-weighted average keeps each client's influence
+proportional to its data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from runtime.config import Config
+from runtime.data.dataset import EncodedExample, collate, encode_items
+from runtime.data.locate import load_splits
+from runtime.data.partition import describe_partition, parse_scheme, partition
+from runtime.data.tokenizer import load_gpt2_tokenizer
+
+
+@dataclass
+class RunPlan:
+    counts: list[int]  # training samples per client (index 0 = rank 1)
+    local_steps: int  # steps every client runs
+    source: str = "e2e"
+
+    @classmethod
+    def make(cls, cfg: Config, counts: list[int], source: str = "e2e") -> RunPlan:
+        if cfg.train.max_steps:
+            steps = cfg.train.max_steps
+        else:
+            steps = cfg.train.epochs * math.ceil(sum(counts) / (len(counts) * cfg.train.batch_size))
+        return cls(list(counts), steps, source)
+
+
+@dataclass
+class ClientData:
+    examples: list[EncodedExample]  # this client's encoded examples
+    eval_examples: list[EncodedExample]
+    cfg: Config
+    client_index: int
+    source: str
+    all_counts: list[int] = field(default_factory=list)
+    partition_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.examples)
+
+    def _collate(self, items: list[EncodedExample]) -> dict[str, torch.Tensor]:
+        # Default: trim each batch to its longest example (same losses as fixed padding:
+        # padding sits after the completion, attention is causal, the loss is masked).
+        d = self.cfg.data
+        return collate(items, seq_len=d.seq_len if d.pad_to_seq_len else None)
+
+    def batches(self, n_steps: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches for steps ``start_step .. n_steps-1``; epoch e uses permutation seed (seed, client, e).
+
+        The order depends only on the seed, the client index and the step, so a resumed
+        run sees exactly the batches an uninterrupted one would.
+        """
+        bs = self.cfg.train.batch_size
+        per_epoch = math.ceil(self.n_samples / bs)
+        step = start_step
+        while step < n_steps:
+            epoch, offset = divmod(step, per_epoch)
+            g = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self.client_index * 1_009 + epoch)
+            order = torch.randperm(self.n_samples, generator=g).tolist()
+            for b in range(offset, per_epoch):
+                if step >= n_steps:
+                    return
+                yield self._collate([self.examples[i] for i in order[b * bs:(b + 1) * bs]])
+                step += 1
+
+    def eval_batches(self) -> list[dict[str, torch.Tensor]]:
+        bs = self.cfg.train.batch_size
+        return [self._collate(self.eval_examples[i:i + bs]) for i in range(0, len(self.eval_examples), bs)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"client_index": self.client_index, "samples": self.n_samples, "source": self.source,
+                "partition": self.cfg.data.partition, **self.partition_info}
+
+
+def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientData:
+    """Load the training split, partition it for ``n_clients`` and keep shard ``client_index``."""
+    splits = load_splits(cfg.data.dir, cfg.data.source, synthetic_seed=cfg.train.seed)
+    train = splits.train
+    if cfg.data.max_train_examples:
+        train = train[: cfg.data.max_train_examples]
+    valid = splits.valid[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else []
+    tok = load_gpt2_tokenizer(cfg.model.path)
+    shards = partition(train, n_clients, cfg.data.partition, seed=cfg.train.seed)
+    mine = [train[i] for i in shards[client_index]]
+    info = describe_partition(shards, train, parse_scheme(cfg.data.partition).attribute)
+    max_len = cfg.data.seq_len
+    return ClientData(encode_items(mine, tok, max_len), encode_items(valid, tok, max_len), cfg, client_index,
+                      splits.source, [len(s) for s in shards], {"all_clients": info, "note": splits.note})

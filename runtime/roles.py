@@ -1,0 +1,260 @@
+"""Process entry points: ``run_cenlora`` (one process), ``run_server`` (rank 0) and
+``run_client`` (ranks 1..N) for SplitLoRA and FedLoRA.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.rpc as rpc
+
+from models.lora import lora_state_dict
+from models.loss import model_loss
+from runtime import coordinator, split_server
+from runtime.aggregate import allreduce_weighted_mean, client_weights
+from runtime.artifacts import save_model, torch_save, write_json
+from runtime.build import (
+    build_full_model,
+    build_optimizer,
+    build_scheduler,
+    model_config,
+    server_thread_count,
+    set_threads,
+    trainable_parameters,
+)
+from runtime.config import Config
+from runtime.dist import SERVER, World, world_barrier
+from runtime.inputs import ClientData, RunPlan, load_client_data
+from runtime.steps import Stepper
+from runtime.telemetry import MetricsWriter, now, summarize, tensor_bytes
+
+LOG_FLUSH = 10  # client step records per rpc to the coordinator
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float | None:
+    """Mean masked token NLL (no label smoothing) over the evaluation batches."""
+    if not batches:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    for b in batches:
+        n = float(b["loss_mask"].sum())
+        total += model_loss(model, b["input_ids"].to(device), b["targets"].to(device),
+                            b["loss_mask"].to(device), 0.0).item() * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1.0)
+
+
+def _phase_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    keys = sorted({k for r in records for k in r.get("time", {})})
+    return {k: summarize([r["time"][k] for r in records if k in r.get("time", {})]) for k in keys}
+
+
+# ------------------------------------------------------------------------- CenLoRA
+
+
+def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    set_threads(server_thread_count(cfg))
+    model = build_full_model(cfg).to(device)
+    model.train()
+    data = load_client_data(cfg, client_index=0, n_clients=1)
+    plan = RunPlan.make(cfg, [data.n_samples], data.source)
+    params = trainable_parameters(model)
+    opt = build_optimizer(cfg, params)
+    stepper = Stepper(model, opt, build_scheduler(cfg, opt, plan.local_steps), device,
+                      cfg.train.label_smoothing, cfg.train.grad_clip)
+    writer = MetricsWriter(run_dir / "metrics.jsonl")
+    coord = coordinator.Coordinator(writer, 1, plan.local_steps)
+    records = []
+    t_start = now()
+    for step, batch in enumerate(data.batches(plan.local_steps)):
+        t0 = now()
+        out = stepper.local_step(batch)
+        tokens = int(batch["loss_mask"].numel())
+        rec = {"kind": "step", "client": 0, "step": step + 1, "loss": out["loss"], "step_time": now() - t0,
+               "tokens": tokens, "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
+        rec["tokens_per_s"] = tokens / rec["step_time"]
+        records.append(rec)
+        coord.log([rec])
+    wall = now() - t_start
+    coord.close()
+    val = eval_loss(model, data.eval_batches(), device)
+    writer.write({"kind": "eval", "val_loss": val})
+    writer.close()
+    if cfg.out.save_model:
+        save_model(run_dir, model, cfg)
+    torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / "cenlora.pt",
+               {"lora": lora_state_dict(model), "optimizer": opt.state_dict(),
+                "scheduler": stepper.sched.state_dict(), "step": plan.local_steps})
+    return _summary(cfg, plan, records, wall, val, {"0": data.describe()})
+
+
+# ------------------------------------------------------------------------- server (rank 0)
+
+
+def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[str, Any]:
+    set_threads(server_thread_count(cfg))
+    writer = MetricsWriter(run_dir / "metrics.jsonl")
+    coord = coordinator.Coordinator(writer, world.n_clients, plan.local_steps * world.n_clients)
+    coordinator.install(coord)
+    if cfg.method == "splitlora":
+        part = build_server_part(cfg).to(world.device)
+        part.train()
+        params = trainable_parameters(part)
+        opt = build_optimizer(cfg, params)
+        # The server steps once per client step: K clients x local steps in total.
+        sched = build_scheduler(cfg, opt, plan.local_steps * world.n_clients)
+        server = split_server.SplitServer(
+            part, opt, sched, device=world.device, clients=list(range(1, world.world_size)),
+            order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout)
+        split_server.install(server)
+    world_barrier()  # clients start stepping only once the server is serving
+    t_start = now()
+    # Clients drive the run through RPC; this thread only waits for them to finish.
+    coord.all_done.wait()
+    wall = now() - t_start
+    coord.close()
+    writer.close()
+    server = split_server._SERVER
+    if server is not None:
+        torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / "server.pt",
+                   {"lora": server.lora_state(), "optimizer": server.opt.state_dict(),
+                    "scheduler": server.sched.state_dict(), "server_steps": server.steps})
+    clients = {str(k): v for k, v in sorted(coord.finished.items())}
+    records = [r for c in coord.finished.values() for r in c.pop("records", [])]
+    val = next((c.get("val_loss") for c in coord.finished.values() if c.get("val_loss") is not None), None)
+    summary = _summary(cfg, plan, records, wall, val, clients)
+    split_server.install(None)
+    coordinator.install(None)
+    return summary
+
+
+def build_server_part(cfg: Config) -> torch.nn.Module:
+    from models.split import split_model
+
+    return split_model(build_full_model(cfg), cfg.split.cut)[1]
+
+
+# ------------------------------------------------------------------------- clients
+
+
+def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> None:
+    set_threads(cfg.runtime.client_threads)
+    full = build_full_model(cfg)
+    if cfg.method == "splitlora":
+        from models.split import split_model
+
+        module = split_model(full, cfg.split.cut)[0]
+    else:
+        module = full
+    module = module.to(world.device)
+    module.train()
+    params = trainable_parameters(module)
+    opt = build_optimizer(cfg, params)
+    stepper = Stepper(module, opt, build_scheduler(cfg, opt, plan.local_steps), world.device,
+                      cfg.train.label_smoothing, cfg.train.grad_clip)
+    weight = client_weights(plan.counts, cfg.fed.weighting)[world.client_index]
+    world_barrier()  # the server is ready
+    via_host = cfg.runtime.cuda_cut == "host"
+    buffer: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    pending = []
+    agg_bytes, rounds = 0, 0
+
+    def aggregate(step: int) -> None:
+        nonlocal agg_bytes, rounds
+        t0 = now()
+        nbytes = allreduce_weighted_mean(params, weight, world.client_group)
+        agg_bytes += nbytes
+        rounds += 1
+        buffer.append({"kind": "aggregate", "client": world.rank, "step": step, "round": rounds,
+                       "bytes": nbytes, "time": now() - t0})
+
+    t_start = now()
+    for step, batch in enumerate(data.batches(plan.local_steps), start=1):
+        t0 = now()
+        if cfg.method == "splitlora":
+            out = stepper.split_step(world.rank, batch, cfg.split.cut_dtype, via_host)
+        else:
+            out = stepper.local_step(batch)
+        rec = {"kind": "step", "client": world.rank, "step": step, "loss": out["loss"],
+               "step_time": now() - t0, "tokens": int(batch["loss_mask"].numel()),
+               "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
+        rec["tokens_per_s"] = rec["tokens"] / rec["step_time"]
+        for k in ("bytes_up", "bytes_down"):
+            if k in out:
+                rec[k] = out[k]
+        records.append(rec)
+        buffer.append(rec)
+        if step % cfg.fed.aggregate_every == 0 or step == plan.local_steps:
+            aggregate(step)
+        if len(buffer) >= LOG_FLUSH:
+            pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
+            buffer = []
+    wall = now() - t_start
+    if buffer:
+        pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
+    for fut in pending:
+        fut.wait()
+
+    val = None
+    if world.rank == 1:
+        # The first client assembles the whole trained model (aggregated client part +
+        # server part); the server only ever hands out its own adapters.
+        whole = assemble_whole_model(cfg, module).to(world.device)
+        val = eval_loss(whole, data.eval_batches(), world.device)
+        if cfg.out.save_model:
+            save_model(run_dir, whole, cfg)
+    torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / f"client{world.rank}.pt",
+               {"lora": lora_state_dict(module), "optimizer": opt.state_dict(), "scheduler": stepper.sched.state_dict(),
+                "step": plan.local_steps})
+    summary = {"samples": data.n_samples, "weight": weight, "steps": plan.local_steps, "wall_s": wall,
+               "aggregation_rounds": rounds, "aggregation_bytes": agg_bytes, "val_loss": val,
+               "bytes_up": sum(r.get("bytes_up", 0) for r in records),
+               "bytes_down": sum(r.get("bytes_down", 0) for r in records),
+               "data": data.describe(), "records": records}
+    rpc.rpc_sync(SERVER, coordinator.coord_finish, args=(world.rank, summary))
+
+
+def assemble_whole_model(cfg: Config, client_module: torch.nn.Module) -> torch.nn.Module:
+    """The whole model with this client's (aggregated) adapters and, for SplitLoRA, the server's."""
+    from models.lora import load_lora_state_dict
+
+    whole = build_full_model(cfg)
+    state = {k: v.detach().cpu() for k, v in lora_state_dict(client_module).items()}
+    if cfg.method == "splitlora":
+        state.update(rpc.rpc_sync(SERVER, split_server.server_lora_state))
+    load_lora_state_dict(whole, state, strict=True)
+    return whole
+
+
+# ------------------------------------------------------------------------- summary
+
+
+def _summary(cfg: Config, plan: RunPlan, records: list[dict[str, Any]], wall: float, val: float | None,
+             clients: dict[str, Any]) -> dict[str, Any]:
+    steps = [r for r in records if r.get("kind") == "step"]
+    first = [r["loss"] for r in steps[: max(1, len(steps) // 10)]]
+    last = [r["loss"] for r in steps[-max(1, len(steps) // 10):]]
+    tokens = sum(r["tokens"] for r in steps)
+    return {
+        "method": cfg.method, "model": cfg.model.name, "n_layer": model_config(cfg).n_layer,
+        "cut": cfg.split.cut if cfg.method == "splitlora" else None,
+        "n_clients": len(plan.counts), "local_steps": plan.local_steps, "order": cfg.runtime.order,
+        "data_source": plan.source, "loss_first": sum(first) / len(first) if first else None,
+        "loss_last": sum(last) / len(last) if last else None, "val_loss": val,
+        "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall if wall > 0 else None,
+        "bytes_up": sum(r.get("bytes_up", 0) for r in steps),
+        "bytes_down": sum(r.get("bytes_down", 0) for r in steps),
+        "phases_s": _phase_summary(steps), "clients": clients,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+__all__ = ["run_cenlora", "run_server", "run_client", "eval_loss", "tensor_bytes", "write_json"]

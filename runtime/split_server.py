@@ -1,0 +1,166 @@
+"""The SplitLoRA server: one shared server part, one server-owned optimizer.
+
+Each client step is three calls into this module, all made by the client:
+
+1. ``server_forward`` (rpc_sync, inside the client's distributed-autograd context):
+   waits for the server to be free (and, in ``round_robin`` order, for this client's
+   turn), runs blocks ``cut..``, ``ln_f``, ``lm_head`` and the loss, returns the loss.
+2. the client's ``dist_autograd.backward`` runs the server part's backward here (in
+   RPC threads) and brings d(loss)/d(activations) back across the cut.
+3. ``server_step``: applies the gradients of that context with the one AdamW, steps
+   the schedule and frees the server for the next client.
+
+Why one client at a time (a gate held from forward to step) rather than concurrent
+server forwards: another client's in-place optimizer step between a forward and its
+backward either fails ("modified by an inplace operation") or silently uses stale
+weights, and TorchScript-based ``DistributedOptimizer`` loses updates under concurrent
+steps (REFERENCE.md §7). The server's compute is the bottleneck anyway; the gate keeps
+the math equal to the sequential SplitLoRA algorithm, and ``round_robin`` makes the
+order — hence the result — reproducible. Clients still overlap their own forward,
+backward and optimizer with the server serving others.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+import torch.distributed.autograd as dist_autograd
+
+from models.loss import model_loss
+from runtime.telemetry import now, stamp, sync
+
+_SERVER: SplitServer | None = None
+
+
+class SplitServer:
+    def __init__(self, part: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
+                 clients: list[int], order: str, label_smoothing: float, timeout: float,
+                 on_step: Any = None) -> None:
+        self.part = part
+        self.opt = optimizer
+        self.sched = scheduler
+        self.device = device
+        self.order = order
+        self.label_smoothing = label_smoothing
+        self.timeout = timeout
+        self.on_step = on_step  # callback(client_rank, record) after every server step
+        self.params = [p for p in part.parameters() if p.requires_grad]
+        self.cond = threading.Condition()
+        self.active = list(clients)  # ranks still training, in round-robin order
+        self.busy: int | None = None  # client holding the server between forward and step
+        self.turn = 0  # index into self.active (round_robin only)
+        self.steps = 0
+        self._pending: dict[int, dict[str, Any]] = {}  # per client: timings of the open step
+
+    # -- gate -------------------------------------------------------------------------
+    def _may_enter(self, client: int) -> bool:
+        if self.busy is not None:
+            return False
+        return self.order == "arrival" or self.active[self.turn % len(self.active)] == client
+
+    def _enter(self, client: int) -> float:
+        t0 = now()
+        with self.cond:
+            if client not in self.active:
+                raise RuntimeError(f"client {client} is not (or no longer) registered with the server")
+            if not self.cond.wait_for(lambda: self._may_enter(client), timeout=self.timeout):
+                holder = f"client {self.busy} holds it" if self.busy is not None else "waiting for its turn"
+                raise TimeoutError(f"server: client {client} waited > {self.timeout:.0f}s for the server ({holder})")
+            self.busy = client
+        return now() - t0
+
+    def _leave(self, client: int) -> None:
+        with self.cond:
+            if self.busy == client:
+                self.busy = None
+                if self.active and self.active[self.turn % len(self.active)] == client:
+                    self.turn = (self.turn + 1) % len(self.active)
+            self.cond.notify_all()
+
+    # -- the three calls --------------------------------------------------------------
+    def forward(self, client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        wait = self._enter(client)
+        try:
+            t0 = now()
+            marks: list[float] = []
+            # Cut tensors may arrive in a compressed dtype or through host memory.
+            x = h.to(self.device, dtype=torch.float32)
+            x = stamp(x, marks)  # marks[-1] = when the gradient has crossed the server part
+            loss = model_loss(self.part, x, targets.to(self.device), loss_mask.to(self.device),
+                              self.label_smoothing)
+            end_marks: list[float] = []
+            loss = stamp(loss, end_marks)  # end_marks[-1] = server backward starts
+            sync(self.device)
+            self._pending[client] = {"wait": wait, "server_fwd": now() - t0, "marks": marks, "end_marks": end_marks}
+            return loss.to(h.device)
+        except BaseException:
+            self._leave(client)
+            raise
+
+    def step(self, client: int, context_id: int) -> dict[str, float]:
+        try:
+            pending = self._pending.pop(client)
+            t0 = now()
+            grads = dist_autograd.get_gradients(context_id)
+            for p in self.params:
+                p.grad = grads.get(p)
+            self.opt.step()
+            self.sched.step()
+            for p in self.params:
+                p.grad = None
+            sync(self.device)
+            self.steps += 1
+            marks, end_marks = pending["marks"], pending["end_marks"]
+            bwd = (marks[-1] - end_marks[-1]) if marks and end_marks else 0.0
+            timings = {"server_wait": pending["wait"], "server_fwd": pending["server_fwd"],
+                       "server_bwd": bwd, "server_opt": now() - t0}
+        finally:
+            self._leave(client)
+        if self.on_step is not None:
+            self.on_step(client, timings)
+        return timings
+
+    def retire(self, client: int) -> None:
+        """Take a client that has finished out of the rotation."""
+        with self.cond:
+            if client in self.active:
+                idx = self.active.index(client)
+                self.active.pop(idx)
+                if idx < self.turn:
+                    self.turn -= 1
+                self.turn = self.turn % len(self.active) if self.active else 0
+            self.cond.notify_all()
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        from models.lora import lora_state_dict
+
+        return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self.part).items()}
+
+
+# -- module-level RPC entry points (executed on the server) --------------------------
+
+
+def install(server: SplitServer | None) -> None:
+    global _SERVER
+    _SERVER = server
+
+
+def _get() -> SplitServer:
+    if _SERVER is None:
+        raise RuntimeError("no SplitLoRA server is running on this worker")
+    return _SERVER
+
+
+def server_forward(client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    return _get().forward(client, h, targets, loss_mask)
+
+
+def server_step(client: int, context_id: int) -> dict[str, float]:
+    return _get().step(client, context_id)
+
+
+def server_lora_state() -> dict[str, torch.Tensor]:
+    return _get().lora_state()

@@ -1,0 +1,104 @@
+"""One training step, per method, with its phase timings.
+
+``local_step`` is a whole model in one process (CenLoRA, FedLoRA clients);
+``split_step`` is the client side of SplitLoRA: forward to the cut, RPC to the
+server, distributed backward, then both optimizers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed.autograd as dist_autograd
+import torch.distributed.rpc as rpc
+
+from models.loss import model_loss
+from runtime import split_server
+from runtime.dist import SERVER
+from runtime.telemetry import now, stamp, sync, tensor_bytes
+
+CUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Stepper:
+    """Holds what a training step needs: the part/model, its optimizer and schedule."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
+                 label_smoothing: float, grad_clip: float = 0.0) -> None:
+        self.module = module
+        self.opt = optimizer
+        self.sched = scheduler
+        self.device = device
+        self.label_smoothing = label_smoothing
+        self.grad_clip = grad_clip
+        self.params = [p for p in module.parameters() if p.requires_grad]
+
+    def _apply(self) -> None:
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        for p in self.params:
+            p.grad = None
+
+    def local_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Forward, backward and update of a whole model in this process."""
+        ids, targets, mask = (batch[k].to(self.device) for k in ("input_ids", "targets", "loss_mask"))
+        t0 = now()
+        loss = model_loss(self.module, ids, targets, mask, self.label_smoothing)
+        sync(self.device)
+        t1 = now()
+        loss.backward()
+        sync(self.device)
+        t2 = now()
+        self._apply()
+        sync(self.device)
+        t3 = now()
+        return {"loss": loss.item(), "time": {"fwd": t1 - t0, "bwd": t2 - t1, "opt": t3 - t2}}
+
+    def split_step(self, rank: int, batch: dict[str, torch.Tensor], cut_dtype: str,
+                   via_host: bool) -> dict[str, Any]:
+        """Client side of one SplitLoRA step; returns the loss, phase times and cut bytes."""
+        ids, targets, mask = (batch[k] for k in ("input_ids", "targets", "loss_mask"))
+        t0 = now()
+        with dist_autograd.context() as ctx:
+            marks: list[float] = []
+            h = self.module(ids.to(self.device))  # (B, T, C) activations at the cut
+            h = stamp(h, marks)  # marks[-1]: the gradient is back across the cut
+            send = h.to(CUT_DTYPES[cut_dtype])  # differentiable cast: gradients come back in this dtype
+            if via_host and send.is_cuda:
+                send = send.cpu()  # CUDA RPC is not compatible with dist autograd: stage through host
+            sync(self.device)
+            t1 = now()
+            loss = rpc.rpc_sync(SERVER, split_server.server_forward, args=(rank, send, targets, mask))
+            t2 = now()
+            dist_autograd.backward(ctx, [loss])
+            sync(self.device)
+            t3 = now()
+            server_times = rpc.rpc_sync(SERVER, split_server.server_step, args=(rank, ctx))
+            t4 = now()
+            grads = dist_autograd.get_gradients(ctx)
+            for p in self.params:
+                p.grad = grads.get(p)
+        self._apply()
+        sync(self.device)
+        t5 = now()
+        back = marks[-1] if marks else t3
+        times = {
+            "client_fwd": t1 - t0,
+            "server_wait": server_times["server_wait"],
+            "cut_up": max(0.0, (t2 - t1) - server_times["server_wait"] - server_times["server_fwd"]),
+            "server_fwd": server_times["server_fwd"],
+            "server_bwd": server_times["server_bwd"],
+            "cut_down": max(0.0, (back - t2) - server_times["server_bwd"]),
+            "client_bwd": t3 - back,
+            "server_opt": t4 - t3,
+            "client_opt": t5 - t4,
+        }
+        # Up: activations + targets + mask; down: the activation gradient (same dtype/shape as `send`).
+        up = tensor_bytes(send, targets, mask)
+        down = tensor_bytes(send)
+        return {"loss": float(loss.item()), "time": times, "step_time": t5 - t0,
+                "bytes_up": up, "bytes_down": down, "activation_bytes": tensor_bytes(send)}

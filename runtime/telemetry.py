@@ -1,0 +1,78 @@
+"""Timers, byte accounting and the metrics.jsonl writer.
+
+Phase times come from timers inside the runtime, never from estimates. Where a phase
+happens inside the distributed backward (server backward, gradient down the cut), an
+identity autograd function stamps the moment the gradient passes a point.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so a host timer measures it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class GradStamp(torch.autograd.Function):
+    """Identity in forward; records ``perf_counter()`` when the gradient flows back through it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, box: list) -> torch.Tensor:  # noqa: D102
+        ctx.box = box
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        ctx.box.append(now())
+        return grad, None
+
+
+def stamp(x: torch.Tensor, box: list) -> torch.Tensor:
+    return GradStamp.apply(x, box)
+
+
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """Payload bytes of tensors (what crosses the wire, excluding framing)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class MetricsWriter:
+    """Appends one JSON object per line; thread-safe (RPC handlers log concurrently)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True)
+        with self._lock:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Median and p90 of a list (empty → zeros)."""
+    if not values:
+        return {"median": 0.0, "p90": 0.0, "mean": 0.0}
+    s = sorted(values)
+    return {"median": s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2]),
+            "p90": s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))],
+            "mean": sum(s) / len(s)}
