@@ -1,1 +1,13 @@
-"""E2E NLG data: reading, converting, tokenising, partitioning, synthetic default."""
+"""E2E NLG data: reading, converting, tokenising, partitioning, synthetic default.
+
+- ``tokenizer``: the GPT-2 BPE tokenizer, offline (``load_gpt2_tokenizer``, ``EOS_ID``).
+- ``ref_tokenize``: the two word-tokenisation styles of the lora-e2e text files.
+- ``e2e``: CSV / text-format reading, the CSV -> ``context||completion`` converter, grouping by MR.
+- ``dataset``: encoding, batches (``input_ids``/``targets``/``loss_mask``), the seeded loader.
+- ``partition``: iid / contiguous / dirichlet client splits and their description.
+- ``synthetic``: a seeded E2E-like dataset for offline runs.
+- ``locate``: finding the data (flag, ``SPLITLORA_DATA``, cache) and ``load_splits``.
+
+Submodules are imported explicitly (this package imports nothing), so reading the data
+does not pull in torch or transformers.
+"""
