@@ -103,6 +103,8 @@ def _run(cfg: Config, rank: int, world_size: int) -> int:
     if rank != 0:
         # Load and partition before any group starts: bad data fails here, cleanly.
         data = load_client_data(cfg, client_index=rank - 1, n_clients=world_size - 1)
+        if rank == 1:
+            print(f"splitlora: data: {data.partition_info['note']}", file=sys.stderr, flush=True)
     world = init_world(cfg)
     plan = broadcast_object(RunPlan.make(cfg, data.all_counts, data.source) if rank == 1 else None, src=1)
     run_dir = Path(str(broadcast_object(str(Path(cfg.out.dir) / run_name(cfg)) if rank == 0 else None, src=0)))

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,19 @@ from runtime.steps import Stepper
 from runtime.telemetry import MetricsWriter, now, summarize, tensor_bytes
 
 LOG_FLUSH = 10  # client step records per rpc to the coordinator
+FAULT_ENV = "SPLITLORA_INJECT_FAULT"  # test hook: "<raise|kill>:<rank>:<step>"
+
+
+def maybe_inject_fault(rank: int, step: int) -> None:
+    """Fault injection for the reliability tests: raise or SIGKILL this rank at a step."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    kind, r, s = spec.split(":")
+    if int(r) == rank and int(s) == step:
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected fault on rank {rank} at step {step} ({FAULT_ENV}={spec})")
 
 
 @torch.no_grad()
@@ -64,6 +80,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, A
     model = build_full_model(cfg).to(device)
     model.train()
     data = load_client_data(cfg, client_index=0, n_clients=1)
+    print(f"splitlora: data: {data.partition_info['note']}", file=sys.stderr, flush=True)
     plan = RunPlan.make(cfg, [data.n_samples], data.source)
     params = trainable_parameters(model)
     opt = build_optimizer(cfg, params)
@@ -178,6 +195,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
 
     t_start = now()
     for step, batch in enumerate(data.batches(plan.local_steps), start=1):
+        maybe_inject_fault(world.rank, step)
         t0 = now()
         if cfg.method == "splitlora":
             out = stepper.split_step(world.rank, batch, cfg.split.cut_dtype, via_host)

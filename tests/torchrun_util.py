@@ -1,0 +1,40 @@
+"""Run ``launch.train`` under torchrun in a subprocess, with a hard time bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small and fast: tiny model, synthetic data, a handful of steps, short eval.
+FAST = ["--data.source=synthetic", "--data.max_train_examples=400", "--data.max_eval_examples=16",
+        "--train.batch_size=4", "--runtime.rpc_timeout=60"]
+
+
+@dataclass
+class Run:
+    rc: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    def metrics(self) -> list[dict]:
+        return [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def torchrun(nproc: int, args: list[str], out_dir: Path, name: str = "run", timeout: float = 180,
+             env: dict[str, str] | None = None) -> Run:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "launch.train", *FAST, f"--out.dir={out_dir}", f"--out.name={name}", *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("SPLITLORA_DATA", None)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return Run(proc.returncode, proc.stdout, proc.stderr, out_dir / name)
