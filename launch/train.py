@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure must end this rank non-zero, now
         if os.environ.get("SPLITLORA_TRACEBACK"):
             traceback.print_exc()
+        sys.stderr.write("\n")  # end a progress bar's line first
         _fail(role, exc, 1)
         sys.stdout.flush()
         sys.stderr.flush()

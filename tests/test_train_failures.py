@@ -1,0 +1,54 @@
+"""Every failure ends every rank non-zero, with a one-line message, in bounded time."""
+
+import time
+
+import pytest
+
+from tests.torchrun_util import torchrun
+
+pytestmark = pytest.mark.slow
+
+
+def _error_lines(stderr: str) -> list[str]:
+    # A progress bar may share the line (stderr of all ranks is one stream): cut it off.
+    return [ln[ln.index("splitlora: error"):] for ln in stderr.splitlines() if "splitlora: error" in ln]
+
+
+@pytest.mark.parametrize("nproc, args, needle", [
+    (1, ["--method=splitlora"], "WORLD_SIZE must be >= 2"),
+    (2, ["--method=cenlora"], "runs in one process"),
+    (3, ["--split.cut=4"], r"split.cut must be in [1, 3]"),
+    (3, ["--split.cut=0"], r"split.cut must be in [1, 3]"),
+    (3, ["--lora.r=0"], "lora.r must be >= 1"),
+    (3, ["--data.source=e2e", "--data.dir=/nonexistent/e2e"], "--data.dir"),
+])
+def test_bad_launch_is_rejected_before_any_group(tmp_path, nproc, args, needle):
+    t0 = time.monotonic()
+    run = torchrun(nproc, args, tmp_path, timeout=120)
+    assert run.rc != 0
+    lines = _error_lines(run.stderr)
+    assert lines and all(needle in ln for ln in lines), run.stderr[-2000:]
+    assert not (run.run_dir / "config.json").exists()  # nothing started
+    assert time.monotonic() - t0 < 60
+
+
+def test_missing_data_names_the_variable_and_download_command(tmp_path):
+    run = torchrun(1, ["--method=cenlora", "--data.source=e2e"], tmp_path, timeout=120,
+                   env={"XDG_CACHE_HOME": str(tmp_path / "empty-cache")})
+    assert run.rc != 0
+    (line,) = set(_error_lines(run.stderr))
+    assert "FileNotFoundError" in line and "SPLITLORA_DATA" in line and "splitlora-data download" in line
+
+
+@pytest.mark.parametrize("method", ["splitlora", "fedlora"])
+def test_client_raising_mid_step_ends_every_rank(tmp_path, method):
+    t0 = time.monotonic()
+    run = torchrun(3, [f"--method={method}", "--train.max_steps=30", "--runtime.rpc_timeout=30"], tmp_path,
+                   timeout=150, env={"SPLITLORA_INJECT_FAULT": "raise:2:3"})
+    elapsed = time.monotonic() - t0
+    assert run.rc != 0
+    lines = _error_lines(run.stderr)
+    assert any("[rank 2]" in ln and "injected fault on rank 2 at step 3" in ln for ln in lines), run.stderr[-3000:]
+    assert all("\n" not in ln for ln in lines)
+    assert elapsed < 90  # well within the RPC timeout + start-up; no rank hangs
+    assert not (run.run_dir / "summary.json").exists()
