@@ -95,6 +95,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, A
         out = stepper.local_step(batch)
         tokens = int(batch["loss_mask"].numel())
         rec = {"kind": "step", "client": 0, "step": step + 1, "loss": out["loss"], "step_time": now() - t0,
+               "t": time.time(),
                "tokens": tokens, "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
         rec["tokens_per_s"] = tokens / rec["step_time"]
         records.append(rec)
@@ -201,7 +202,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
             out = stepper.split_step(world.rank, batch, cfg.split.cut_dtype, via_host)
         else:
             out = stepper.local_step(batch)
-        rec = {"kind": "step", "client": world.rank, "step": step, "loss": out["loss"],
+        rec = {"kind": "step", "client": world.rank, "step": step, "loss": out["loss"], "t": time.time(),
                "step_time": now() - t0, "tokens": int(batch["loss_mask"].numel()),
                "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
         rec["tokens_per_s"] = rec["tokens"] / rec["step_time"]
