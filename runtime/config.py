@@ -152,6 +152,30 @@ class RuntimeConfig:
 
 
 @dataclass
+class EvalConfig:
+    at_end: bool = False  # decode + score once training ends (on the first client / cenlora)
+    split: str = "test"
+    refs_style: str = "raw"  # raw: official references; tokenized: the context||completion files' refs
+    num_beams: int = 10
+    length_penalty: float = 0.8
+    no_repeat_ngram_size: int = 4
+    max_new_tokens: int = 64
+    batch_size: int = 16  # MRs decoded together
+    max_mrs: int = 0  # 0 = every MR of the split
+    meteor: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.split in ("train", "valid", "test"), f"eval.split must be train|valid|test, got {self.split!r}")
+        _check(self.refs_style in ("raw", "tokenized"),
+               f"eval.refs_style must be raw|tokenized, got {self.refs_style!r}")
+        _check(self.num_beams >= 1, f"eval.num_beams must be >= 1, got {self.num_beams}")
+        _check(self.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.max_mrs >= 0, f"eval.max_mrs must be >= 0, got {self.max_mrs}")
+        _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size must be >= 0")
+
+
+@dataclass
 class OutputConfig:
     dir: str = "runs"
     name: str = ""  # run directory name; empty = <method>-<timestamp>
@@ -171,6 +195,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     out: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:

@@ -67,6 +67,25 @@ def eval_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], de
     return total / max(count, 1.0)
 
 
+def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: torch.device) -> dict | None:
+    """``--eval.at_end``: decode and score the trained model into the run directory."""
+    if not cfg.eval.at_end:
+        return None
+    import copy
+
+    from models.generate import DecodeConfig
+    from runtime.evaluation import evaluate_model, format_scores
+
+    e = cfg.eval
+    decode = DecodeConfig(num_beams=e.num_beams, length_penalty=e.length_penalty,
+                          no_repeat_ngram_size=e.no_repeat_ngram_size, max_new_tokens=e.max_new_tokens)
+    record = evaluate_model(copy.deepcopy(model), cfg, run_dir, split=e.split, refs_style=e.refs_style,
+                            decode=decode, batch_size=e.batch_size, max_mrs=e.max_mrs, meteor=e.meteor,
+                            device=device)
+    print(f"splitlora: eval: {format_scores(record)}", file=sys.stderr, flush=True)
+    return record["scores"]
+
+
 def _phase_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     keys = sorted({k for r in records for k in r.get("time", {})})
     return {k: summarize([r["time"][k] for r in records if k in r.get("time", {})]) for k in keys}
@@ -107,10 +126,13 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, A
     writer.close()
     if cfg.out.save_model:
         save_model(run_dir, model, cfg)
+    scores = evaluate_at_end(cfg, model, run_dir, device)
     torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / "cenlora.pt",
                {"lora": lora_state_dict(model), "optimizer": opt.state_dict(),
                 "scheduler": stepper.sched.state_dict(), "step": plan.local_steps})
-    return _summary(cfg, plan, records, wall, val, {"0": data.describe()})
+    summary = _summary(cfg, plan, records, wall, val, {"0": data.describe()})
+    summary["eval"] = scores
+    return summary
 
 
 # ------------------------------------------------------------------------- server (rank 0)
@@ -148,6 +170,7 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     records = [r for c in coord.finished.values() for r in c.pop("records", [])]
     val = next((c.get("val_loss") for c in coord.finished.values() if c.get("val_loss") is not None), None)
     summary = _summary(cfg, plan, records, wall, val, clients)
+    summary["eval"] = next((c.get("eval") for c in coord.finished.values() if c.get("eval")), None)
     split_server.install(None)
     coordinator.install(None)
     return summary
@@ -222,7 +245,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
     for fut in pending:
         fut.wait()
 
-    val = None
+    val, eval_scores = None, None
     if world.rank == 1:
         # The first client assembles the whole trained model (aggregated client part +
         # server part); the server only ever hands out its own adapters.
@@ -230,11 +253,12 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         val = eval_loss(whole, data.eval_batches(), world.device)
         if cfg.out.save_model:
             save_model(run_dir, whole, cfg)
+        eval_scores = evaluate_at_end(cfg, whole, run_dir, world.device)
     torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / f"client{world.rank}.pt",
                {"lora": lora_state_dict(module), "optimizer": opt.state_dict(), "scheduler": stepper.sched.state_dict(),
                 "step": plan.local_steps})
     summary = {"samples": data.n_samples, "weight": weight, "steps": plan.local_steps, "wall_s": wall,
-               "aggregation_rounds": rounds, "aggregation_bytes": agg_bytes, "val_loss": val,
+               "aggregation_rounds": rounds, "aggregation_bytes": agg_bytes, "val_loss": val, "eval": eval_scores,
                "bytes_up": sum(r.get("bytes_up", 0) for r in records),
                "bytes_down": sum(r.get("bytes_down", 0) for r in records),
                "data": data.describe(), "records": records}

@@ -1,0 +1,129 @@
+"""E2E evaluation of a trained model: one beam-search hypothesis per unique MR, then the
+five metrics against all references of that MR.
+
+Hypotheses are the decoded completions as the model writes them; training completions
+are space-tokenised (``family - friendly``), so the hypotheses are too. ``refs_style``
+picks what they are scored against: ``raw`` — the official human references (E2E
+challenge numbers), or ``tokenized`` — the space-tokenised references of the
+``context||completion`` files (the LoRA/SplitLoRA papers' numbers). Every report names
+the style used.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from metrics.e2e import evaluate as score_e2e
+from models.generate import DecodeConfig, beam_search, greedy
+from models.lora import load_lora_state_dict, merge_lora
+from runtime.artifacts import load_model_tensors, write_json
+from runtime.build import build_full_model
+from runtime.config import Config
+from runtime.data.e2e import MRGroup, group_by_mr
+from runtime.data.locate import load_splits
+from runtime.data.tokenizer import EOS_ID, load_gpt2_tokenizer
+
+REFS_STYLES = ("raw", "tokenized")
+
+
+def load_trained_model(cfg: Config, run_dir: Path) -> torch.nn.Module:
+    """The whole model of a run: base (pretrained, or the saved random base) + its LoRA."""
+    model_dir = run_dir / "model"
+    if not (model_dir / "lora.safetensors").is_file():
+        raise FileNotFoundError(f"{model_dir}/lora.safetensors not found: was the run finished with "
+                                "out.save_model=true?")
+    lora, base = load_model_tensors(model_dir)
+    model = build_full_model(cfg)
+    if base is not None:
+        missing, unexpected = model.load_state_dict(base, strict=False)
+        bad = [k for k in missing if ".adapters." not in k and k != "lm_head.weight"]
+        if bad or unexpected:
+            raise ValueError(f"saved base weights do not fit the model: missing {bad[:5]}, unexpected "
+                             f"{list(unexpected)[:5]}")
+    load_lora_state_dict(model, lora, strict=True)
+    return model
+
+
+def mr_groups(cfg: Config, split: str, data_dir: str | None = None) -> tuple[list[MRGroup], str]:
+    splits = load_splits(data_dir if data_dir is not None else cfg.data.dir, cfg.data.source,
+                         synthetic_seed=cfg.train.seed)
+    return group_by_mr(splits[split]), splits.source
+
+
+def decode_groups(model: torch.nn.Module, groups: list[MRGroup], decode: DecodeConfig, *, batch_size: int,
+                  device: torch.device, model_dir: str | None = None, show_progress: bool = True) -> list[str]:
+    """One hypothesis per MR group, in group order; prompts = BPE(context) + [50256]."""
+    tok = load_gpt2_tokenizer(model_dir)
+    prompts = [tok.encode(g.context, add_special_tokens=False) + [EOS_ID] for g in groups]
+    # Decode similar lengths together: less left padding, same results (tested in models).
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    hyps: list[str] = [""] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="decode", unit="MR", file=sys.stderr, disable=not show_progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = [prompts[i] for i in idx]
+        if decode.num_beams == 1:
+            outs = greedy(model, batch, decode.max_new_tokens, decode.stop_tokens,
+                          no_repeat_ngram_size=decode.no_repeat_ngram_size,
+                          repetition_penalty=decode.repetition_penalty)
+        else:
+            outs = beam_search(model, batch, decode)
+        for i, out in zip(idx, outs):
+            hyps[i] = " ".join(tok.decode(out).split())  # one line, single spaces
+        bar.update(len(idx))
+    bar.close()
+    return hyps
+
+
+def write_refs(path: Path, refs: list[list[str]]) -> None:
+    """The official reference format: each MR's refs on consecutive lines, a blank line between MRs."""
+    path.write_text("\n\n".join("\n".join(r) for r in refs) + "\n", encoding="utf-8")
+
+
+def evaluate_model(model: torch.nn.Module, cfg: Config, out_dir: Path, *, split: str = "test",
+                   refs_style: str = "raw", decode: DecodeConfig | None = None, batch_size: int = 16,
+                   max_mrs: int = 0, data_dir: str | None = None, meteor: bool = True,
+                   device: torch.device | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Decode, write predictions/references/scores into ``out_dir``, return the scores record."""
+    if refs_style not in REFS_STYLES:
+        raise ValueError(f"refs_style must be one of {REFS_STYLES}, got {refs_style!r}")
+    decode = decode or DecodeConfig()
+    device = device or torch.device("cpu")
+    groups, source = mr_groups(cfg, split, data_dir)
+    if max_mrs:
+        groups = groups[:max_mrs]
+    model = model.to(device)
+    merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
+    t0 = time.perf_counter()
+    hyps = decode_groups(model, groups, decode, batch_size=batch_size, device=device, model_dir=cfg.model.path,
+                         show_progress=show_progress)
+    decode_s = time.perf_counter() - t0
+    refs = [list(g.refs) if refs_style == "raw" else [r.strip() for r in g.tok_refs] for g in groups]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "predictions.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    write_refs(out_dir / "references.txt", refs)
+    t1 = time.perf_counter()
+    scores = score_e2e(refs, hyps, meteor=meteor)
+    record = {"scores": scores, "refs_style": refs_style, "split": split, "n_mrs": len(groups),
+              "n_refs": sum(len(r) for r in refs), "data_source": source, "decode": asdict(decode),
+              "decode_s": decode_s, "score_s": time.perf_counter() - t1, "method": cfg.method,
+              "model": cfg.model.name}
+    if source != "e2e":
+        record["warning"] = "scored on SYNTHETIC data: not comparable with any published E2E number"
+    write_json(out_dir / "scores.json", record)
+    return record
+
+
+def format_scores(record: dict[str, Any]) -> str:
+    s = record["scores"]
+    fmt = {"BLEU": "{:.4f}", "NIST": "{:.4f}", "METEOR": "{:.4f}", "ROUGE_L": "{:.4f}", "CIDEr": "{:.4f}"}
+    cells = "  ".join(f"{k} {'n/a' if s.get(k) is None else f.format(s[k])}" for k, f in fmt.items())
+    return (f"{cells}  [{record['split']} split, {record['n_mrs']} MRs, refs {record['refs_style']}, "
+            f"data {record['data_source']}]")
