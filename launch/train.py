@@ -51,6 +51,9 @@ def prepare(argv: list[str]) -> tuple[Config, int, int]:
     cfg = build_config(argv)
     rank, world_size, _ = read_env_world()
     validate_for_world(cfg, world_size, model_config(cfg).n_layer)
+    if rank == 0 and cfg.model.name != "tiny" and "--config" not in argv and cfg.train.lr == 5e-3:
+        print("splitlora: note: the defaults are a smoke run (lr 5e-3, 40 steps); for the E2E recipe "
+              "add --config configs/e2e-recipe.yaml", file=sys.stderr, flush=True)
     return cfg, rank, world_size
 
 
