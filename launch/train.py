@@ -100,8 +100,9 @@ def _run(cfg: Config, rank: int, world_size: int) -> int:
         _report(run_dir, summary)
         return 0
 
+    from runtime.client import run_client
     from runtime.dist import broadcast_object, init_world, shutdown_world
-    from runtime.roles import run_client, run_server
+    from runtime.roles import run_server
 
     data = None
     if rank != 0:

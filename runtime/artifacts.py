@@ -113,12 +113,12 @@ def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Te
     return tensors, config
 
 
-def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config) -> Path:
-    """Save the whole trained model: LoRA tensors (+ random base weights) + peft layout."""
+def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config, with_base: bool = False) -> Path:
+    """Save the whole trained model: LoRA tensors (+ base weights if random or changed) + peft layout."""
     out = run_dir / "model"
     meta = {"method": cfg.method, "model": cfg.model.name}
     save_tensors(out / "lora.safetensors", lora_state_dict(model), meta)
-    if not cfg.model.path:
+    if with_base or not cfg.model.path:
         base = {k: v for k, v in model.state_dict().items() if ".adapters." not in k and k != "lm_head.weight"}
         save_tensors(out / "base.safetensors", base, meta)
     tensors, peft_cfg = peft_layout(model, cfg)

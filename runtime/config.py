@@ -117,12 +117,28 @@ class TrainConfig:
 @dataclass
 class FedConfig:
     aggregate_every: int = 10  # local client steps between client-side aggregations
-    strategy: str = "fedavg"
+    strategy: str = "fedavg"  # fedavg, ffa, lora-a2, flexlora, hetlora, flora
     weighting: str = "samples"  # samples (|D_k| / sum |D|) or uniform
+    client_ranks: str = ""  # per-client rank budgets r_k, e.g. "1,2,4"; "" = lora.r for all
+    lr_b_ratio: float = 5.0  # LoRA-A2: lr_B = ratio * lr_A (LoRA+)
+    probe_steps: int = 5  # LoRA-A2: local steps of the rank-selection probe
 
     def __post_init__(self) -> None:
         _check(self.aggregate_every >= 1, f"fed.aggregate_every must be >= 1, got {self.aggregate_every}")
-        _check(self.strategy in ("fedavg",), f"fed.strategy unknown: {self.strategy!r} (known: fedavg)")
+        from runtime.strategies import STRATEGIES
+
+        _check(self.strategy in STRATEGIES,
+               f"fed.strategy unknown: {self.strategy!r} (known: {', '.join(sorted(STRATEGIES))})")
+        _check(self.lr_b_ratio > 0, f"fed.lr_b_ratio must be > 0, got {self.lr_b_ratio}")
+        _check(self.probe_steps >= 1, f"fed.probe_steps must be >= 1, got {self.probe_steps}")
+        try:
+            ranks = self.rank_list()
+        except ValueError:
+            raise ConfigError(f"fed.client_ranks must be a comma list of ints, got {self.client_ranks!r}") from None
+        _check(all(r >= 1 for r in ranks), f"fed.client_ranks must all be >= 1, got {self.client_ranks!r}")
+
+    def rank_list(self) -> list[int]:
+        return [int(x) for x in self.client_ranks.split(",") if x.strip()]
         _check(self.weighting in ("samples", "uniform"),
                f"fed.weighting must be samples|uniform, got {self.weighting!r}")
 
@@ -357,6 +373,13 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
     else:
         _check(world_size >= 2, f"method {cfg.method} needs a server (rank 0) and at least one client: "
                                 f"WORLD_SIZE must be >= 2, got {world_size} (use --nproc_per_node=N+1 for N clients)")
+    ranks = cfg.fed.rank_list()
+    if ranks:
+        _check(cfg.method != "cenlora", "fed.client_ranks applies to splitlora/fedlora, not cenlora")
+        _check(len(ranks) == world_size - 1,
+               f"fed.client_ranks gives {len(ranks)} rank(s) but there are {world_size - 1} clients")
+        _check(max(ranks) <= cfg.lora.r, f"fed.client_ranks: every r_k must be <= r_G = lora.r = {cfg.lora.r}, "
+                                         f"got {cfg.fed.client_ranks}")
     if cfg.method == "splitlora":
         _check(1 <= cfg.split.cut <= n_layer - 1,
                f"split.cut must be in [1, {n_layer - 1}] for a {n_layer}-block model "

@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.rpc as rpc
 
 from models.lora import lora_state_dict
 from models.loss import model_loss
 from runtime import coordinator, split_server
-from runtime.aggregate import allreduce_weighted_mean, client_weights
-from runtime.artifacts import save_model, torch_save, write_json
+from runtime.artifacts import save_model, torch_save
 from runtime.build import (
     build_full_model,
     build_optimizer,
@@ -29,10 +27,10 @@ from runtime.build import (
     trainable_parameters,
 )
 from runtime.config import Config
-from runtime.dist import SERVER, World, world_barrier
-from runtime.inputs import ClientData, RunPlan, load_client_data
+from runtime.dist import World, world_barrier
+from runtime.inputs import RunPlan, load_client_data
 from runtime.steps import Stepper
-from runtime.telemetry import MetricsWriter, now, summarize, tensor_bytes
+from runtime.telemetry import MetricsWriter, now, summarize
 
 LOG_FLUSH = 10  # client step records per rpc to the coordinator
 FAULT_ENV = "SPLITLORA_INJECT_FAULT"  # test hook: "<raise|kill>:<rank>:<step>"
@@ -182,101 +180,6 @@ def build_server_part(cfg: Config) -> torch.nn.Module:
     return split_model(build_full_model(cfg), cfg.split.cut)[1]
 
 
-# ------------------------------------------------------------------------- clients
-
-
-def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> None:
-    set_threads(cfg.runtime.client_threads)
-    full = build_full_model(cfg)
-    if cfg.method == "splitlora":
-        from models.split import split_model
-
-        module = split_model(full, cfg.split.cut)[0]
-    else:
-        module = full
-    module = module.to(world.device)
-    module.train()
-    params = trainable_parameters(module)
-    opt = build_optimizer(cfg, params)
-    stepper = Stepper(module, opt, build_scheduler(cfg, opt, plan.local_steps), world.device,
-                      cfg.train.label_smoothing, cfg.train.grad_clip)
-    weight = client_weights(plan.counts, cfg.fed.weighting)[world.client_index]
-    world_barrier()  # the server is ready
-    via_host = cfg.runtime.cuda_cut == "host"
-    buffer: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    pending = []
-    agg_bytes, rounds = 0, 0
-
-    def aggregate(step: int) -> None:
-        nonlocal agg_bytes, rounds
-        t0 = now()
-        nbytes = allreduce_weighted_mean(params, weight, world.client_group)
-        agg_bytes += nbytes
-        rounds += 1
-        buffer.append({"kind": "aggregate", "client": world.rank, "step": step, "round": rounds,
-                       "bytes": nbytes, "time": now() - t0})
-
-    t_start = now()
-    for step, batch in enumerate(data.batches(plan.local_steps), start=1):
-        maybe_inject_fault(world.rank, step)
-        t0 = now()
-        if cfg.method == "splitlora":
-            out = stepper.split_step(world.rank, batch, cfg.split.cut_dtype, via_host)
-        else:
-            out = stepper.local_step(batch)
-        rec = {"kind": "step", "client": world.rank, "step": step, "loss": out["loss"], "t": time.time(),
-               "step_time": now() - t0, "tokens": int(batch["loss_mask"].numel()),
-               "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
-        rec["tokens_per_s"] = rec["tokens"] / rec["step_time"]
-        for k in ("bytes_up", "bytes_down"):
-            if k in out:
-                rec[k] = out[k]
-        records.append(rec)
-        buffer.append(rec)
-        if step % cfg.fed.aggregate_every == 0 or step == plan.local_steps:
-            aggregate(step)
-        if len(buffer) >= LOG_FLUSH:
-            pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
-            buffer = []
-    wall = now() - t_start
-    if buffer:
-        pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
-    for fut in pending:
-        fut.wait()
-
-    val, eval_scores = None, None
-    if world.rank == 1:
-        # The first client assembles the whole trained model (aggregated client part +
-        # server part); the server only ever hands out its own adapters.
-        whole = assemble_whole_model(cfg, module).to(world.device)
-        val = eval_loss(whole, data.eval_batches(), world.device)
-        if cfg.out.save_model:
-            save_model(run_dir, whole, cfg)
-        eval_scores = evaluate_at_end(cfg, whole, run_dir, world.device)
-    torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / f"client{world.rank}.pt",
-               {"lora": lora_state_dict(module), "optimizer": opt.state_dict(), "scheduler": stepper.sched.state_dict(),
-                "step": plan.local_steps})
-    summary = {"samples": data.n_samples, "weight": weight, "steps": plan.local_steps, "wall_s": wall,
-               "aggregation_rounds": rounds, "aggregation_bytes": agg_bytes, "val_loss": val, "eval": eval_scores,
-               "bytes_up": sum(r.get("bytes_up", 0) for r in records),
-               "bytes_down": sum(r.get("bytes_down", 0) for r in records),
-               "data": data.describe(), "records": records}
-    rpc.rpc_sync(SERVER, coordinator.coord_finish, args=(world.rank, summary))
-
-
-def assemble_whole_model(cfg: Config, client_module: torch.nn.Module) -> torch.nn.Module:
-    """The whole model with this client's (aggregated) adapters and, for SplitLoRA, the server's."""
-    from models.lora import load_lora_state_dict
-
-    whole = build_full_model(cfg)
-    state = {k: v.detach().cpu() for k, v in lora_state_dict(client_module).items()}
-    if cfg.method == "splitlora":
-        state.update(rpc.rpc_sync(SERVER, split_server.server_lora_state))
-    load_lora_state_dict(whole, state, strict=True)
-    return whole
-
-
 # ------------------------------------------------------------------------- summary
 
 
@@ -300,4 +203,3 @@ def _summary(cfg: Config, plan: RunPlan, records: list[dict[str, Any]], wall: fl
     }
 
 
-__all__ = ["run_cenlora", "run_server", "run_client", "eval_loss", "tensor_bytes", "write_json"]

@@ -100,26 +100,28 @@ class SplitServer:
             self._leave(client)
             raise
 
-    def step(self, client: int, context_id: int) -> dict[str, float]:
+    def step(self, client: int, context_id: int, apply: bool = True) -> dict[str, float]:
+        """Apply the gradients of ``context_id`` (``apply=False``: a client's probe step, discard them)."""
         try:
             pending = self._pending.pop(client)
             t0 = now()
-            grads = dist_autograd.get_gradients(context_id)
-            for p in self.params:
-                p.grad = grads.get(p)
-            self.opt.step()
-            self.sched.step()
-            for p in self.params:
-                p.grad = None
-            sync(self.device)
-            self.steps += 1
+            if apply:
+                grads = dist_autograd.get_gradients(context_id)
+                for p in self.params:
+                    p.grad = grads.get(p)
+                self.opt.step()
+                self.sched.step()
+                for p in self.params:
+                    p.grad = None
+                sync(self.device)
+                self.steps += 1
             marks, end_marks = pending["marks"], pending["end_marks"]
             bwd = (marks[-1] - end_marks[-1]) if marks and end_marks else 0.0
             timings = {"server_wait": pending["wait"], "server_fwd": pending["server_fwd"],
                        "server_bwd": bwd, "server_opt": now() - t0}
         finally:
             self._leave(client)
-        if self.on_step is not None:
+        if self.on_step is not None and apply:
             self.on_step(client, timings)
         return timings
 
@@ -158,8 +160,8 @@ def server_forward(client: int, h: torch.Tensor, targets: torch.Tensor, loss_mas
     return _get().forward(client, h, targets, loss_mask)
 
 
-def server_step(client: int, context_id: int) -> dict[str, float]:
-    return _get().step(client, context_id)
+def server_step(client: int, context_id: int, apply: bool = True) -> dict[str, float]:
+    return _get().step(client, context_id, apply)
 
 
 def server_lora_state() -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ class Stepper:
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
-                 label_smoothing: float, grad_clip: float = 0.0) -> None:
+                 label_smoothing: float, grad_clip: float = 0.0, before_step=None, after_step=None) -> None:
         self.module = module
         self.opt = optimizer
         self.sched = scheduler
@@ -34,11 +34,18 @@ class Stepper:
         self.label_smoothing = label_smoothing
         self.grad_clip = grad_clip
         self.params = [p for p in module.parameters() if p.requires_grad]
+        self.before_step = before_step  # strategy hooks (e.g. LoRA-A2's masked updates)
+        self.after_step = after_step
+        self.update_server = True  # False during a strategy's probe: the server only computes gradients
 
     def _apply(self) -> None:
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.grad_clip)
+        if self.before_step is not None:
+            self.before_step()
         self.opt.step()
+        if self.after_step is not None:
+            self.after_step()
         self.sched.step()
         for p in self.params:
             p.grad = None
@@ -77,9 +84,10 @@ class Stepper:
             dist_autograd.backward(ctx, [loss])
             sync(self.device)
             t3 = now()
-            server_times = rpc.rpc_sync(SERVER, split_server.server_step, args=(rank, ctx))
+            server_times = rpc.rpc_sync(SERVER, split_server.server_step, args=(rank, ctx, self.update_server))
             t4 = now()
             grads = dist_autograd.get_gradients(ctx)
+            # Parameters a strategy froze for this round (requires_grad False) get no gradient.
             for p in self.params:
                 p.grad = grads.get(p)
         self._apply()

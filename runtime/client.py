@@ -1,0 +1,154 @@
+"""A client's process (ranks 1..N) for SplitLoRA and FedLoRA.
+
+The loop is the same for every strategy: local steps on the private shard (through the
+server for SplitLoRA), strategy hooks around each optimizer step, and every
+``fed.aggregate_every`` steps one aggregation round over the client-only group.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.rpc as rpc
+
+from models.lora import load_lora_state_dict, lora_state_dict
+from runtime import coordinator, split_server
+from runtime.aggregate import client_weights
+from runtime.artifacts import save_model, torch_save
+from runtime.build import build_full_model, build_scheduler, set_threads
+from runtime.config import Config
+from runtime.dist import SERVER, World, world_barrier
+from runtime.inputs import ClientData, RunPlan
+from runtime.roles import LOG_FLUSH, eval_loss, evaluate_at_end, maybe_inject_fault
+from runtime.steps import Stepper
+from runtime.strategies import ClientContext, build_strategy
+from runtime.telemetry import now
+
+
+def build_client_module(cfg: Config, device: torch.device) -> torch.nn.Module:
+    full = build_full_model(cfg)
+    if cfg.method == "splitlora":
+        from models.split import split_model
+
+        full = split_model(full, cfg.split.cut)[0]
+    return full.to(device).train()
+
+
+def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> None:
+    set_threads(cfg.runtime.client_threads)
+    module = build_client_module(cfg, world.device)
+    strategy = build_strategy(cfg.fed.strategy)
+    t = cfg.train
+    opt = torch.optim.AdamW(strategy.param_groups(module, t.lr), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                            weight_decay=t.weight_decay, foreach=False)
+    ranks = cfg.fed.rank_list()
+    weights = client_weights(plan.counts, cfg.fed.weighting)
+    ctx = ClientContext(module=module, optimizer=opt, client_index=world.client_index, n_clients=world.n_clients,
+                        weights=weights, group=world.client_group, device=world.device,
+                        rank_budget=ranks[world.client_index] if ranks else cfg.lora.r, global_rank=cfg.lora.r,
+                        seed=cfg.train.seed)
+    stepper = Stepper(module, opt, build_scheduler(cfg, opt, plan.local_steps), world.device,
+                      t.label_smoothing, t.grad_clip, before_step=lambda: strategy.before_step(ctx),
+                      after_step=lambda: strategy.after_step(ctx))
+    via_host = cfg.runtime.cuda_cut == "host"
+
+    def one_step(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if cfg.method == "splitlora":
+            return stepper.split_step(world.rank, batch, cfg.split.cut_dtype, via_host)
+        return stepper.local_step(batch)
+
+    probe_stream = data.batches(10**9, start_step=0)  # a separate pass for probes; leaves the main order alone
+
+    def probe(n: int) -> None:
+        sched_state = stepper.sched.state_dict()
+        stepper.update_server = False
+        try:
+            for _ in range(n):
+                one_step(next(probe_stream))
+        finally:
+            stepper.update_server = True
+            stepper.sched.load_state_dict(sched_state)  # probes do not advance the schedule
+
+    ctx.probe = probe
+    strategy.setup(ctx)
+    world_barrier()  # the server is ready
+
+    buffer: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    pending = []
+    comm_total = {"up_bytes": 0, "down_bytes": 0, "up_params": 0, "down_params": 0}
+    rounds = 0
+    every = cfg.fed.aggregate_every
+    t_start = now()
+    for step, batch in enumerate(data.batches(plan.local_steps), start=1):
+        maybe_inject_fault(world.rank, step)
+        if (step - 1) % every == 0:
+            strategy.begin_round(ctx, rounds + 1)
+        t0 = now()
+        out = one_step(batch)
+        rec = {"kind": "step", "client": world.rank, "step": step, "loss": out["loss"], "t": time.time(),
+               "step_time": now() - t0, "tokens": int(batch["loss_mask"].numel()),
+               "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
+        rec["tokens_per_s"] = rec["tokens"] / rec["step_time"]
+        for k in ("bytes_up", "bytes_down"):
+            if k in out:
+                rec[k] = out[k]
+        records.append(rec)
+        buffer.append(rec)
+        if step % every == 0 or step == plan.local_steps:
+            rounds += 1
+            t0 = now()
+            stats = strategy.aggregate(ctx, rounds).as_dict()
+            for k, v in stats.items():
+                comm_total[k] += v
+            buffer.append({"kind": "aggregate", "client": world.rank, "step": step, "round": rounds,
+                           "strategy": strategy.name, "time": now() - t0, "bytes": stats["up_bytes"], **stats,
+                           **{f"cum_{k}": v for k, v in comm_total.items()}})
+        if len(buffer) >= LOG_FLUSH:
+            pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
+            buffer = []
+    wall = now() - t_start
+    if buffer:
+        pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
+    for fut in pending:
+        fut.wait()
+
+    val, eval_scores = None, None
+    if world.rank == 1:
+        # The first client assembles the whole trained model (aggregated client part +
+        # server part); the server only ever hands out its own adapters.
+        whole = assemble_whole_model(cfg, module).to(world.device)
+        val = eval_loss(whole, data.eval_batches(), world.device)
+        if cfg.out.save_model:
+            save_model(run_dir, whole, cfg, with_base=strategy.modifies_base)
+        eval_scores = evaluate_at_end(cfg, whole, run_dir, world.device)
+    torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / f"client{world.rank}.pt",
+               {"lora": lora_state_dict(module), "optimizer": opt.state_dict(), "scheduler": stepper.sched.state_dict(),
+                "step": plan.local_steps})
+    summary = {"samples": data.n_samples, "weight": weights[world.client_index], "steps": plan.local_steps,
+               "wall_s": wall, "rank_budget": ctx.rank_budget, "strategy": strategy.name,
+               "aggregation_rounds": rounds, "aggregation_bytes": comm_total["up_bytes"], "comm": comm_total,
+               "val_loss": val, "eval": eval_scores,
+               "bytes_up": sum(r.get("bytes_up", 0) for r in records),
+               "bytes_down": sum(r.get("bytes_down", 0) for r in records),
+               "data": data.describe(), "records": records}
+    rpc.rpc_sync(SERVER, coordinator.coord_finish, args=(world.rank, summary))
+
+
+def assemble_whole_model(cfg: Config, client_module: torch.nn.Module) -> torch.nn.Module:
+    """The whole model with this client's (aggregated) part and, for SplitLoRA, the server's adapters.
+
+    The client part's full state is copied (not only its LoRA), so strategies that merge
+    updates into the base weights (FLoRA) keep them.
+    """
+    whole = build_full_model(cfg)
+    missing, unexpected = whole.load_state_dict({k: v.detach().cpu() for k, v in client_module.state_dict().items()},
+                                                strict=False)
+    if unexpected:
+        raise RuntimeError(f"client part does not fit the whole model: {unexpected[:5]}")
+    if cfg.method == "splitlora":
+        load_lora_state_dict(whole, rpc.rpc_sync(SERVER, split_server.server_lora_state), strict=False)
+    return whole
