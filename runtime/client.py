@@ -25,7 +25,7 @@ from runtime.inputs import ClientData, RunPlan
 from runtime.roles import LOG_FLUSH, eval_loss, evaluate_at_end, maybe_inject_fault
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
-from runtime.telemetry import now
+from runtime.telemetry import now, peak_memory
 
 
 def build_client_module(cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -134,7 +134,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
                "val_loss": val, "eval": eval_scores,
                "bytes_up": sum(r.get("bytes_up", 0) for r in records),
                "bytes_down": sum(r.get("bytes_down", 0) for r in records),
-               "data": data.describe(), "records": records}
+               "data": data.describe(), "memory": peak_memory(world.device), "records": records}
     rpc.rpc_sync(SERVER, coordinator.coord_finish, args=(world.rank, summary))
 
 

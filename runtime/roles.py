@@ -30,7 +30,7 @@ from runtime.config import Config
 from runtime.dist import World, world_barrier
 from runtime.inputs import RunPlan, load_client_data
 from runtime.steps import Stepper
-from runtime.telemetry import MetricsWriter, now, summarize
+from runtime.telemetry import MetricsWriter, now, peak_memory, summarize
 
 LOG_FLUSH = 10  # client step records per rpc to the coordinator
 FAULT_ENV = "SPLITLORA_INJECT_FAULT"  # test hook: "<raise|kill>:<rank>:<step>"
@@ -130,6 +130,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, A
                 "scheduler": stepper.sched.state_dict(), "step": plan.local_steps})
     summary = _summary(cfg, plan, records, wall, val, {"0": data.describe()})
     summary["eval"] = scores
+    summary["memory"] = peak_memory(device)
     return summary
 
 
@@ -169,6 +170,7 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     val = next((c.get("val_loss") for c in coord.finished.values() if c.get("val_loss") is not None), None)
     summary = _summary(cfg, plan, records, wall, val, clients)
     summary["eval"] = next((c.get("eval") for c in coord.finished.values() if c.get("eval")), None)
+    summary["server_memory"] = peak_memory(world.device)
     split_server.install(None)
     coordinator.install(None)
     return summary

@@ -76,3 +76,13 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"median": s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2]),
             "p90": s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))],
             "mean": sum(s) / len(s)}
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (MiB), and peak CUDA allocation when on GPU."""
+    import resource
+
+    out = {"cpu_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}  # Linux: KiB
+    if device.type == "cuda":
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
