@@ -15,6 +15,7 @@ coordination), ranks 1..N are clients. Overrides are ``--section.key=value`` (or
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -43,18 +44,36 @@ def _fail(role: str, exc: BaseException, code: int) -> int:
     return code
 
 
-def prepare(argv: list[str]) -> tuple[Config, int, int]:
-    """Parse and validate everything that can be checked before any process group starts."""
+def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
+    """Parse and validate everything that can be checked before any process group starts.
+
+    Returns (config, rank, world size, step to resume from). With ``--resume DIR`` the saved
+    config is the base, the command line may override what does not change the run's
+    identity, and DIR's latest complete checkpoint must load.
+    """
     from runtime.build import model_config
+    from runtime.checkpoint import check_resume_config, latest_step, load_rank, read_saved_config
     from runtime.dist import read_env_world
 
     cfg = build_config(argv)
     rank, world_size, _ = read_env_world()
+    start_step = 0
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        saved = read_saved_config(run_dir)
+        base = {k: v for k, v in saved.items() if k not in ("launch", "resume")}
+        cfg = build_config(argv, base=base)
+        cfg.out.dir, cfg.out.name = str(run_dir.parent), run_dir.name
+        check_resume_config(saved, cfg, world_size)
+        start_step = latest_step(run_dir)
+        own = "cenlora" if cfg.method == "cenlora" else ("server" if rank == 0 else f"client{rank}")
+        if own != "server" or cfg.method == "splitlora":
+            load_rank(run_dir, start_step, own)  # fail now, cleanly, on a truncated/corrupted file
     validate_for_world(cfg, world_size, model_config(cfg).n_layer)
     if rank == 0 and cfg.model.name != "tiny" and "--config" not in argv and cfg.train.lr == 5e-3:
         print("splitlora: note: the defaults are a smoke run (lr 5e-3, 40 steps); for the E2E recipe "
               "add --config configs/e2e-recipe.yaml", file=sys.stderr, flush=True)
-    return cfg, rank, world_size
+    return cfg, rank, world_size, start_step
 
 
 @record
@@ -64,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     role = f"rank {os.environ.get('RANK', '0')}"
+    from runtime.checkpoint import CheckpointError
+
     try:
-        cfg, rank, world_size = prepare(argv)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        cfg, rank, world_size, start_step = prepare(argv)
+    except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as exc:
         return _fail(role, exc, 2)
     try:
-        return _run(cfg, rank, world_size)
+        return _run(cfg, rank, world_size, start_step)
     except KeyboardInterrupt:
         return _fail(role, KeyboardInterrupt("interrupted"), 130)
     except BaseException as exc:  # noqa: BLE001 - every failure must end this rank non-zero, now
@@ -83,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(1)
 
 
-def _run(cfg: Config, rank: int, world_size: int) -> int:
+def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
     import torch
 
     from runtime.artifacts import run_name, write_json
@@ -94,8 +115,8 @@ def _run(cfg: Config, rank: int, world_size: int) -> int:
         from runtime.roles import run_cenlora
 
         run_dir = Path(cfg.out.dir) / run_name(cfg)
-        _start(cfg, run_dir, {"world_size": 1})
-        summary = run_cenlora(cfg, run_dir, pick_device(cfg, 0))
+        _start(cfg, run_dir, {"world_size": 1}, start_step)
+        summary = run_cenlora(cfg, run_dir, pick_device(cfg, 0), start_step)
         write_json(run_dir / "summary.json", summary)
         _report(run_dir, summary)
         return 0
@@ -111,12 +132,13 @@ def _run(cfg: Config, rank: int, world_size: int) -> int:
         if rank == 1:
             print(f"splitlora: data: {data.partition_info['note']}", file=sys.stderr, flush=True)
     world = init_world(cfg)
-    plan = broadcast_object(RunPlan.make(cfg, data.all_counts, data.source) if rank == 1 else None, src=1)
+    plan = broadcast_object(RunPlan.make(cfg, data.all_counts, data.source, start_step) if rank == 1 else None,
+                            src=1)
     run_dir = Path(str(broadcast_object(str(Path(cfg.out.dir) / run_name(cfg)) if rank == 0 else None, src=0)))
     if world.is_server:
         _start(cfg, run_dir, {"world_size": world_size, "device": str(world.device),
                               "data_source": plan.source, "client_samples": plan.counts,
-                              "local_steps": plan.local_steps})
+                              "local_steps": plan.local_steps}, start_step)
         summary = run_server(cfg, world, run_dir, plan)
         write_json(run_dir / "summary.json", summary)
         _report(run_dir, summary)
@@ -127,11 +149,17 @@ def _run(cfg: Config, rank: int, world_size: int) -> int:
     return 0
 
 
-def _start(cfg: Config, run_dir: Path, launch: dict) -> None:
+def _start(cfg: Config, run_dir: Path, launch: dict, start_step: int = 0) -> None:
     from runtime.artifacts import write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
     print(cfg.to_json(), flush=True)
+    if start_step:
+        # Keep the original config.json (it defines the run); record the resume beside it.
+        with open(run_dir / "resumes.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"from_step": start_step, "config": cfg.to_dict(), "launch": launch}) + "\n")
+        print(f"splitlora: resuming {run_dir} from step {start_step}", file=sys.stderr, flush=True)
+        return
     write_json(run_dir / "config.json", {**cfg.to_dict(), "launch": launch})
     print(f"splitlora: {cfg.method} -> {run_dir}", file=sys.stderr, flush=True)
 

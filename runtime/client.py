@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from models.lora import load_lora_state_dict, lora_state_dict
 from runtime import coordinator, split_server
 from runtime.aggregate import client_weights
-from runtime.artifacts import save_model, torch_save
+from runtime.artifacts import save_model
 from runtime.build import build_full_model, build_scheduler, set_threads
+from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
 from runtime.dist import SERVER, World, world_barrier
 from runtime.inputs import ClientData, RunPlan
@@ -40,7 +42,7 @@ def build_client_module(cfg: Config, device: torch.device) -> torch.nn.Module:
 def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> None:
     set_threads(cfg.runtime.client_threads)
     module = build_client_module(cfg, world.device)
-    strategy = build_strategy(cfg.fed.strategy)
+    strategy = build_strategy(cfg.fed.strategy, cfg.fed)
     t = cfg.train
     opt = torch.optim.AdamW(strategy.param_groups(module, t.lr), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
                             weight_decay=t.weight_decay, foreach=False)
@@ -60,30 +62,60 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
             return stepper.split_step(world.rank, batch, cfg.split.cut_dtype, via_host)
         return stepper.local_step(batch)
 
-    probe_stream = data.batches(10**9, start_step=0)  # a separate pass for probes; leaves the main order alone
+    probe_pos = [0]  # probe batches consumed: a checkpoint carries it
+    probe_stream = None
 
     def probe(n: int) -> None:
+        nonlocal probe_stream
+        if probe_stream is None:  # a separate pass for probes; leaves the main order alone
+            probe_stream = data.batches(10**9, start_step=probe_pos[0])
         sched_state = stepper.sched.state_dict()
+        lrs = [g["lr"] for g in opt.param_groups]  # the scheduler's load_state_dict leaves these advanced
         stepper.update_server = False
         try:
             for _ in range(n):
                 one_step(next(probe_stream))
+                probe_pos[0] += 1
         finally:
             stepper.update_server = True
             stepper.sched.load_state_dict(sched_state)  # probes do not advance the schedule
+            for g, lr in zip(opt.param_groups, lrs):
+                g["lr"] = lr
 
     ctx.probe = probe
     strategy.setup(ctx)
+    name = f"client{world.rank}"
+    rounds = 0
+    comm_total = {"up_bytes": 0, "down_bytes": 0, "up_params": 0, "down_params": 0}
+    if plan.start_step:
+        state = load_rank(run_dir, plan.start_step, name)
+        load_lora_state_dict(module, state["lora"], strict=True)
+        if state.get("base"):
+            module.load_state_dict(state["base"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        stepper.sched.load_state_dict(state["scheduler"])
+        strategy.load_state_dict(state["strategy"])
+        rounds, probe_pos[0], comm_total = state["rounds"], state["probe_pos"], dict(state["comm_total"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(step: int) -> None:
+        base = {k: v for k, v in module.state_dict().items() if ".adapters." not in k} if strategy.modifies_base else {}
+        save_rank(run_dir, step, name, {"lora": lora_state_dict(module), "base": base, "optimizer": opt.state_dict(),
+                                        "scheduler": stepper.sched.state_dict(), "strategy": strategy.state_dict(),
+                                        "rounds": rounds, "probe_pos": probe_pos[0], "comm_total": comm_total})
+        dist.barrier(group=world.client_group)  # every client has written its file
+        if world.rank == 1:
+            rpc.rpc_sync(SERVER, coordinator.coord_checkpoint, args=(step,))  # server file + ckpt/latest
+        dist.barrier(group=world.client_group)
+
     world_barrier()  # the server is ready
 
     buffer: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     pending = []
-    comm_total = {"up_bytes": 0, "down_bytes": 0, "up_params": 0, "down_params": 0}
-    rounds = 0
     every = cfg.fed.aggregate_every
     t_start = now()
-    for step, batch in enumerate(data.batches(plan.local_steps), start=1):
+    for step, batch in enumerate(data.batches(plan.local_steps, plan.start_step), start=plan.start_step + 1):
         maybe_inject_fault(world.rank, step)
         if (step - 1) % every == 0:
             strategy.begin_round(ctx, rounds + 1)
@@ -110,6 +142,8 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         if len(buffer) >= LOG_FLUSH:
             pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
             buffer = []
+        if plan.checkpoint_due(cfg, step):
+            save_checkpoint(step)
     wall = now() - t_start
     if buffer:
         pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
@@ -125,9 +159,6 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         if cfg.out.save_model:
             save_model(run_dir, whole, cfg, with_base=strategy.modifies_base)
         eval_scores = evaluate_at_end(cfg, whole, run_dir, world.device)
-    torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / f"client{world.rank}.pt",
-               {"lora": lora_state_dict(module), "optimizer": opt.state_dict(), "scheduler": stepper.sched.state_dict(),
-                "step": plan.local_steps})
     summary = {"samples": data.n_samples, "weight": weights[world.client_index], "steps": plan.local_steps,
                "wall_s": wall, "rank_budget": ctx.rank_budget, "strategy": strategy.name,
                "aggregation_rounds": rounds, "aggregation_bytes": comm_total["up_bytes"], "comm": comm_total,

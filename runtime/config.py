@@ -122,6 +122,7 @@ class FedConfig:
     client_ranks: str = ""  # per-client rank budgets r_k, e.g. "1,2,4"; "" = lora.r for all
     lr_b_ratio: float = 5.0  # LoRA-A2: lr_B = ratio * lr_A (LoRA+)
     probe_steps: int = 5  # LoRA-A2: local steps of the rank-selection probe
+    on_client_failure: str = "abort"  # abort: every rank exits non-zero; continue: finish without it
 
     def __post_init__(self) -> None:
         _check(self.aggregate_every >= 1, f"fed.aggregate_every must be >= 1, got {self.aggregate_every}")
@@ -131,6 +132,8 @@ class FedConfig:
                f"fed.strategy unknown: {self.strategy!r} (known: {', '.join(sorted(STRATEGIES))})")
         _check(self.lr_b_ratio > 0, f"fed.lr_b_ratio must be > 0, got {self.lr_b_ratio}")
         _check(self.probe_steps >= 1, f"fed.probe_steps must be >= 1, got {self.probe_steps}")
+        _check(self.on_client_failure in ("abort", "continue"),
+               f"fed.on_client_failure must be abort|continue, got {self.on_client_failure!r}")
         try:
             ranks = self.rank_list()
         except ValueError:
@@ -192,6 +195,14 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 0  # local steps between checkpoints (0 = only at the end); the end is always saved
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, f"ckpt.every must be >= 0, got {self.every}")
+
+
+@dataclass
 class OutputConfig:
     dir: str = "runs"
     name: str = ""  # run directory name; empty = <method>-<timestamp>
@@ -212,7 +223,9 @@ class Config:
     fed: FedConfig = field(default_factory=FedConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
     out: OutputConfig = field(default_factory=OutputConfig)
+    resume: str = ""  # a run directory to continue from its latest complete checkpoint
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")

@@ -27,6 +27,7 @@ class Coordinator:
         self.all_done = threading.Event()
         self._lock = threading.Lock()
         self.last_loss: dict[int, float] = {}
+        self.on_checkpoint = None  # callback(step) installed by the server role
         self.bar = tqdm(total=total_steps, desc="train", unit="step", file=sys.stderr,
                         disable=not show_progress, dynamic_ncols=True)
 
@@ -52,6 +53,10 @@ class Coordinator:
             if len(self.finished) == self.n_clients:
                 self.all_done.set()
 
+    def checkpoint(self, step: int) -> None:
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step)
+
     def close(self) -> None:
         self.bar.close()
 
@@ -73,3 +78,8 @@ def coord_log(records: list[dict[str, Any]]) -> None:
 
 def coord_finish(client: int, summary: dict[str, Any]) -> None:
     _get().finish(client, summary)
+
+
+def coord_checkpoint(step: int) -> None:
+    """All clients have saved step ``step``: save the server's state, then mark it complete."""
+    _get().checkpoint(step)

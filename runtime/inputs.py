@@ -29,14 +29,20 @@ class RunPlan:
     counts: list[int]  # training samples per client (index 0 = rank 1)
     local_steps: int  # steps every client runs
     source: str = "e2e"
+    start_step: int = 0  # > 0 when resuming from a checkpoint at that step
 
     @classmethod
-    def make(cls, cfg: Config, counts: list[int], source: str = "e2e") -> RunPlan:
+    def make(cls, cfg: Config, counts: list[int], source: str = "e2e", start_step: int = 0) -> RunPlan:
         if cfg.train.max_steps:
             steps = cfg.train.max_steps
         else:
             steps = cfg.train.epochs * math.ceil(sum(counts) / (len(counts) * cfg.train.batch_size))
-        return cls(list(counts), steps, source)
+        if start_step > steps:
+            raise ValueError(f"cannot resume at step {start_step}: the run has only {steps} steps")
+        return cls(list(counts), steps, source, start_step)
+
+    def checkpoint_due(self, cfg: Config, step: int) -> bool:
+        return step == self.local_steps or (cfg.ckpt.every > 0 and step % cfg.ckpt.every == 0)
 
 
 @dataclass

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from models.lora import lora_state_dict
+from models.lora import load_lora_state_dict, lora_state_dict
 from models.loss import model_loss
 from runtime import coordinator, split_server
-from runtime.artifacts import save_model, torch_save
+from runtime.artifacts import save_model
 from runtime.build import (
     build_full_model,
     build_optimizer,
@@ -26,6 +26,7 @@ from runtime.build import (
     set_threads,
     trainable_parameters,
 )
+from runtime.checkpoint import load_rank, mark_latest, save_rank, set_rng_state
 from runtime.config import Config
 from runtime.dist import World, world_barrier
 from runtime.inputs import RunPlan, load_client_data
@@ -92,22 +93,28 @@ def _phase_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]
 # ------------------------------------------------------------------------- CenLoRA
 
 
-def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
+def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: int = 0) -> dict[str, Any]:
     set_threads(server_thread_count(cfg))
     model = build_full_model(cfg).to(device)
     model.train()
     data = load_client_data(cfg, client_index=0, n_clients=1)
     print(f"splitlora: data: {data.partition_info['note']}", file=sys.stderr, flush=True)
-    plan = RunPlan.make(cfg, [data.n_samples], data.source)
+    plan = RunPlan.make(cfg, [data.n_samples], data.source, start_step)
     params = trainable_parameters(model)
     opt = build_optimizer(cfg, params)
     stepper = Stepper(model, opt, build_scheduler(cfg, opt, plan.local_steps), device,
                       cfg.train.label_smoothing, cfg.train.grad_clip)
+    if plan.start_step:
+        state = load_rank(run_dir, plan.start_step, "cenlora")
+        load_lora_state_dict(model, state["lora"], strict=True)
+        opt.load_state_dict(state["optimizer"])
+        stepper.sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
     writer = MetricsWriter(run_dir / "metrics.jsonl")
-    coord = coordinator.Coordinator(writer, 1, plan.local_steps)
+    coord = coordinator.Coordinator(writer, 1, plan.local_steps - plan.start_step)
     records = []
     t_start = now()
-    for step, batch in enumerate(data.batches(plan.local_steps)):
+    for step, batch in enumerate(data.batches(plan.local_steps, plan.start_step), start=plan.start_step):
         t0 = now()
         out = stepper.local_step(batch)
         tokens = int(batch["loss_mask"].numel())
@@ -117,6 +124,10 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, A
         rec["tokens_per_s"] = tokens / rec["step_time"]
         records.append(rec)
         coord.log([rec])
+        if plan.checkpoint_due(cfg, step + 1):
+            save_rank(run_dir, step + 1, "cenlora", {"lora": lora_state_dict(model), "optimizer": opt.state_dict(),
+                                                     "scheduler": stepper.sched.state_dict()})
+            mark_latest(run_dir, step + 1)
     wall = now() - t_start
     coord.close()
     val = eval_loss(model, data.eval_batches(), device)
@@ -125,9 +136,6 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, A
     if cfg.out.save_model:
         save_model(run_dir, model, cfg)
     scores = evaluate_at_end(cfg, model, run_dir, device)
-    torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / "cenlora.pt",
-               {"lora": lora_state_dict(model), "optimizer": opt.state_dict(),
-                "scheduler": stepper.sched.state_dict(), "step": plan.local_steps})
     summary = _summary(cfg, plan, records, wall, val, {"0": data.describe()})
     summary["eval"] = scores
     summary["memory"] = peak_memory(device)
@@ -140,7 +148,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, A
 def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[str, Any]:
     set_threads(server_thread_count(cfg))
     writer = MetricsWriter(run_dir / "metrics.jsonl")
-    coord = coordinator.Coordinator(writer, world.n_clients, plan.local_steps * world.n_clients)
+    coord = coordinator.Coordinator(writer, world.n_clients, (plan.local_steps - plan.start_step) * world.n_clients)
     coordinator.install(coord)
     if cfg.method == "splitlora":
         part = build_server_part(cfg).to(world.device)
@@ -153,6 +161,22 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
             part, opt, sched, device=world.device, clients=list(range(1, world.world_size)),
             order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout)
         split_server.install(server)
+        if plan.start_step:
+            state = load_rank(run_dir, plan.start_step, "server")
+            load_lora_state_dict(part, state["lora"], strict=True)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            server.steps = state["server_steps"]
+            set_rng_state(state["rng"])
+
+    def on_checkpoint(step: int) -> None:
+        srv = split_server._SERVER
+        if srv is not None:
+            save_rank(run_dir, step, "server", {"lora": srv.lora_state(), "optimizer": srv.opt.state_dict(),
+                                               "scheduler": srv.sched.state_dict(), "server_steps": srv.steps})
+        mark_latest(run_dir, step)
+
+    coord.on_checkpoint = on_checkpoint
     world_barrier()  # clients start stepping only once the server is serving
     t_start = now()
     # Clients drive the run through RPC; this thread only waits for them to finish.
@@ -160,11 +184,6 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     wall = now() - t_start
     coord.close()
     writer.close()
-    server = split_server._SERVER
-    if server is not None:
-        torch_save(run_dir / "ckpt" / f"step_{plan.local_steps}" / "server.pt",
-                   {"lora": server.lora_state(), "optimizer": server.opt.state_dict(),
-                    "scheduler": server.sched.state_dict(), "server_steps": server.steps})
     clients = {str(k): v for k, v in sorted(coord.finished.items())}
     records = [r for c in coord.finished.values() for r in c.pop("records", [])]
     val = next((c.get("val_loss") for c in coord.finished.values() if c.get("val_loss") is not None), None)

@@ -70,6 +70,7 @@ class Strategy:
 
     name = "none"
     modifies_base = False  # True if aggregation merges updates into the frozen base weights
+    options: tuple[str, ...] = ()  # FedConfig fields the constructor takes by name (see build_strategy)
 
     def param_groups(self, module: nn.Module, lr: float) -> list[dict[str, Any]]:
         return [{"params": [p for p in module.parameters() if p.requires_grad], "lr": lr}]
@@ -88,6 +89,13 @@ class Strategy:
 
     def aggregate(self, ctx: ClientContext, round_idx: int) -> CommStats:
         return CommStats()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state a checkpoint must carry (tensors and plain values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        pass
 
 
 def flat_allreduce_sum(tensors: list[torch.Tensor], group: dist.ProcessGroup | None) -> list[torch.Tensor]:
