@@ -65,11 +65,15 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 def torch_save(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -22,12 +22,13 @@ from runtime.artifacts import save_model
 from runtime.build import build_full_model, build_scheduler, set_threads
 from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
-from runtime.dist import SERVER, World, world_barrier
+from runtime.dist import SERVER, World, abort, world_barrier
 from runtime.inputs import ClientData, RunPlan
 from runtime.roles import LOG_FLUSH, eval_loss, evaluate_at_end, maybe_inject_fault
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
 from runtime.telemetry import now, peak_memory
+from runtime.watchdog import Watchdog
 
 
 def build_client_module(cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -39,7 +40,8 @@ def build_client_module(cfg: Config, device: torch.device) -> torch.nn.Module:
     return full.to(device).train()
 
 
-def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> None:
+def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> bool:
+    """Train this client; returns False when a client dropped out (then RPC shuts down non-gracefully)."""
     set_threads(cfg.runtime.client_threads)
     module = build_client_module(cfg, world.device)
     strategy = build_strategy(cfg.fed.strategy, cfg.fed)
@@ -98,17 +100,42 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         rounds, probe_pos[0], comm_total = state["rounds"], state["probe_pos"], dict(state["comm_total"])
         set_rng_state(state["rng"])
 
+    live = list(range(1, world.world_size))  # clients still in the run (continue policy may drop one)
+
+    def collective(fn):  # noqa: ANN001, ANN202 - a client-group collective, surviving one dead client
+        try:
+            return fn()
+        except Exception as exc:
+            if cfg.fed.on_client_failure != "continue" or len(live) < world.n_clients:
+                # Give the server's watchdog a moment to name the client that really died
+                # (it then aborts, and this rank's watchdog ends it); else report this failure.
+                time.sleep(min(10.0, cfg.runtime.rpc_timeout))
+                raise RuntimeError(f"a client-group collective failed (a client died?): "
+                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            dead = wait_for_dropped_client(cfg)
+            live.remove(dead)
+            ctx.group = world.fallback_groups[dead]
+            total = sum(w for i, w in enumerate(weights) if i + 1 != dead)
+            ctx.weights = [0.0 if i + 1 == dead else w / total for i, w in enumerate(weights)]
+            return fn()
+
     def save_checkpoint(step: int) -> None:
         base = {k: v for k, v in module.state_dict().items() if ".adapters." not in k} if strategy.modifies_base else {}
         save_rank(run_dir, step, name, {"lora": lora_state_dict(module), "base": base, "optimizer": opt.state_dict(),
                                         "scheduler": stepper.sched.state_dict(), "strategy": strategy.state_dict(),
                                         "rounds": rounds, "probe_pos": probe_pos[0], "comm_total": comm_total})
-        dist.barrier(group=world.client_group)  # every client has written its file
-        if world.rank == 1:
+        collective(lambda: dist.barrier(group=ctx.group))  # every client has written its file
+        if world.rank == live[0]:
             rpc.rpc_sync(SERVER, coordinator.coord_checkpoint, args=(step,))  # server file + ckpt/latest
-        dist.barrier(group=world.client_group)
+        collective(lambda: dist.barrier(group=ctx.group))
+
+    def on_server_failure(peer: str, exc: BaseException) -> None:
+        abort(world.role, f"the server is unreachable ({type(exc).__name__}); it failed or was killed")
+
+    watchdog = Watchdog([SERVER], on_server_failure, timeout=min(10.0, cfg.runtime.rpc_timeout))
 
     world_barrier()  # the server is ready
+    watchdog.start()
 
     buffer: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
@@ -133,7 +160,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         if step % every == 0 or step == plan.local_steps:
             rounds += 1
             t0 = now()
-            stats = strategy.aggregate(ctx, rounds).as_dict()
+            stats = collective(lambda r=rounds: strategy.aggregate(ctx, r)).as_dict()
             for k, v in stats.items():
                 comm_total[k] += v
             buffer.append({"kind": "aggregate", "client": world.rank, "step": step, "round": rounds,
@@ -151,7 +178,9 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         fut.wait()
 
     val, eval_scores = None, None
-    if world.rank == 1:
+    if cfg.fed.on_client_failure == "continue":
+        live[:] = rpc.rpc_sync(SERVER, coordinator.coord_live_clients)
+    if world.rank == live[0]:
         # The first client assembles the whole trained model (aggregated client part +
         # server part); the server only ever hands out its own adapters.
         whole = assemble_whole_model(cfg, module).to(world.device)
@@ -166,7 +195,20 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
                "bytes_up": sum(r.get("bytes_up", 0) for r in records),
                "bytes_down": sum(r.get("bytes_down", 0) for r in records),
                "data": data.describe(), "memory": peak_memory(world.device), "records": records}
+    watchdog.stop()  # the server may shut down once every client has finished
     rpc.rpc_sync(SERVER, coordinator.coord_finish, args=(world.rank, summary))
+    return len(live) == world.n_clients
+
+
+def wait_for_dropped_client(cfg: Config) -> int:
+    """After a failed collective: ask the server which client it dropped (it detects deaths by ping)."""
+    deadline = time.monotonic() + cfg.runtime.rpc_timeout
+    while time.monotonic() < deadline:
+        dropped = rpc.rpc_sync(SERVER, coordinator.coord_dropped_clients)
+        if dropped:
+            return dropped[0]
+        time.sleep(0.5)
+    raise RuntimeError("a client-group collective failed but the server reports no dropped client")
 
 
 def assemble_whole_model(cfg: Config, client_module: torch.nn.Module) -> torch.nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Any
 
 from tqdm import tqdm
@@ -28,6 +29,9 @@ class Coordinator:
         self._lock = threading.Lock()
         self.last_loss: dict[int, float] = {}
         self.on_checkpoint = None  # callback(step) installed by the server role
+        self.watchdog = None  # told when a client finishes, so its exit is not a failure
+        self.dropped: dict[int, dict[str, Any]] = {}
+        self.last_step: dict[int, int] = {}
         self.bar = tqdm(total=total_steps, desc="train", unit="step", file=sys.stderr,
                         disable=not show_progress, dynamic_ncols=True)
 
@@ -37,6 +41,7 @@ class Coordinator:
                 self.writer.write(rec)
                 if "loss" in rec and "client" in rec:
                     self.last_loss[rec["client"]] = rec["loss"]
+                    self.last_step[rec["client"]] = rec.get("step", 0)
             steps = sum(1 for r in records if r.get("kind") == "step")
             if steps:
                 self.bar.update(steps)
@@ -45,13 +50,35 @@ class Coordinator:
                     self.bar.set_postfix(loss=f"{mean:.4f}")
 
     def finish(self, client: int, summary: dict[str, Any]) -> None:
+        if self.watchdog is not None:
+            self.watchdog.forget(f"client{client}")
         server = split_server._SERVER
         if server is not None:
             server.retire(client)
         with self._lock:
             self.finished[client] = summary
-            if len(self.finished) == self.n_clients:
-                self.all_done.set()
+            self._check_done()
+
+    def drop(self, client: int, reason: str) -> None:
+        """fed.on_client_failure=continue: go on without a client that died."""
+        server = split_server._SERVER
+        if server is not None:
+            server.retire(client)
+        with self._lock:
+            self.dropped[client] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "reason": reason,
+                                    "last_logged_step": self.last_step.get(client, 0)}
+            self.writer.write({"kind": "client_dropped", "client": client, **self.dropped[client]})
+            self._check_done()
+        print(f"\nsplitlora: warning [server]: client {client} dropped out ({reason}); continuing without it",
+              file=sys.stderr, flush=True)
+
+    def live_clients(self) -> list[int]:
+        with self._lock:
+            return [c for c in range(1, self.n_clients + 1) if c not in self.dropped]
+
+    def _check_done(self) -> None:
+        if len(self.finished) + len(self.dropped) >= self.n_clients:
+            self.all_done.set()
 
     def checkpoint(self, step: int) -> None:
         if self.on_checkpoint is not None:
@@ -83,3 +110,13 @@ def coord_finish(client: int, summary: dict[str, Any]) -> None:
 def coord_checkpoint(step: int) -> None:
     """All clients have saved step ``step``: save the server's state, then mark it complete."""
     _get().checkpoint(step)
+
+
+def coord_live_clients() -> list[int]:
+    return _get().live_clients()
+
+
+def coord_dropped_clients() -> list[int]:
+    coord = _get()
+    with coord._lock:
+        return sorted(coord.dropped)

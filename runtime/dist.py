@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -34,6 +34,9 @@ class World:
     local_rank: int
     device: torch.device
     client_group: dist.ProcessGroup | None = None  # None on the server and in cenlora
+    # fed.on_client_failure=continue: for each client c, a group of all clients but c
+    # (created up front: new_group needs every rank, and a dead one cannot join later).
+    fallback_groups: dict[int, dist.ProcessGroup] = field(default_factory=dict)
 
     @property
     def is_server(self) -> bool:
@@ -109,9 +112,15 @@ def init_world(cfg: Config) -> World:
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
     # Every rank must call new_group, members or not.
     sub_backend = "nccl" if device.type == "cuda" else "gloo"
-    group = dist.new_group(ranks=list(range(1, world_size)), timeout=timeout, backend=sub_backend)
+    clients = list(range(1, world_size))
+    group = dist.new_group(ranks=clients, timeout=timeout, backend=sub_backend)
     if not world.is_server:
         world.client_group = group
+    if cfg.fed.on_client_failure == "continue" and len(clients) > 1:
+        for dead in clients:
+            g = dist.new_group(ranks=[c for c in clients if c != dead], timeout=timeout, backend=sub_backend)
+            if not world.is_server and world.rank != dead:
+                world.fallback_groups[dead] = g
     # init_rpc prints an upstream deprecation warning about the Gloo ProcessGroup once per
     # rank (harmless, REFERENCE.md §7); keep it out of the user's log.
     warnings.filterwarnings("ignore", message=r"You are using a Backend .* as a ProcessGroup")
@@ -124,8 +133,8 @@ def shutdown_world(cfg: Config, graceful: bool = True) -> None:
     try:
         rpc.shutdown(graceful=graceful, timeout=cfg.runtime.rpc_timeout)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if dist.is_initialized() and graceful:
+            dist.destroy_process_group()  # (with a dead member, process exit releases the groups)
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
@@ -138,3 +147,13 @@ def broadcast_object(obj: object, src: int = 0) -> object:
 def world_barrier() -> None:
     """All ranks meet here (default group): e.g. clients wait until the server is serving."""
     dist.barrier()
+
+
+def abort(role: str, message: str) -> None:
+    """End this rank now, non-zero, with one line (no RPC teardown: a dead peer can block it)."""
+    import sys
+
+    sys.stderr.write(f"\nsplitlora: error [{role}]: {message}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)

@@ -28,10 +28,11 @@ from runtime.build import (
 )
 from runtime.checkpoint import load_rank, mark_latest, save_rank, set_rng_state
 from runtime.config import Config
-from runtime.dist import World, world_barrier
+from runtime.dist import World, abort, client_name, world_barrier
 from runtime.inputs import RunPlan, load_client_data
 from runtime.steps import Stepper
 from runtime.telemetry import MetricsWriter, now, peak_memory, summarize
+from runtime.watchdog import Watchdog
 
 LOG_FLUSH = 10  # client step records per rpc to the coordinator
 FAULT_ENV = "SPLITLORA_INJECT_FAULT"  # test hook: "<raise|kill>:<rank>:<step>"
@@ -177,10 +178,25 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
         mark_latest(run_dir, step)
 
     coord.on_checkpoint = on_checkpoint
-    world_barrier()  # clients start stepping only once the server is serving
+
+    def on_client_failure(peer: str, exc: BaseException) -> None:
+        rank = int(peer.removeprefix("client"))
+        reason = f"{peer} is unreachable ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        if cfg.fed.on_client_failure == "continue" and len(coord.live_clients()) > 1 and not coord.dropped:
+            coord.drop(rank, reason)
+        else:
+            abort("server", f"client {rank} failed: {reason}; aborting every rank "
+                            f"(fed.on_client_failure={cfg.fed.on_client_failure})")
+
+    watchdog = Watchdog([client_name(r) for r in range(1, world.world_size)], on_client_failure,
+                        timeout=min(10.0, cfg.runtime.rpc_timeout))
+    coord.watchdog = watchdog
+    world_barrier()
+    watchdog.start()  # clients start stepping only once the server is serving
     t_start = now()
     # Clients drive the run through RPC; this thread only waits for them to finish.
     coord.all_done.wait()
+    watchdog.stop()
     wall = now() - t_start
     coord.close()
     writer.close()
@@ -190,6 +206,7 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     summary = _summary(cfg, plan, records, wall, val, clients)
     summary["eval"] = next((c.get("eval") for c in coord.finished.values() if c.get("eval")), None)
     summary["server_memory"] = peak_memory(world.device)
+    summary["dropped_clients"] = {str(k): v for k, v in coord.dropped.items()}
     split_server.install(None)
     coordinator.install(None)
     return summary

@@ -57,6 +57,8 @@ class SplitServer:
 
     # -- gate -------------------------------------------------------------------------
     def _may_enter(self, client: int) -> bool:
+        if client not in self.active:
+            return True  # retired (dropped) while waiting: let _enter raise
         if self.busy is not None:
             return False
         return self.order == "arrival" or self.active[self.turn % len(self.active)] == client
@@ -69,6 +71,8 @@ class SplitServer:
             if not self.cond.wait_for(lambda: self._may_enter(client), timeout=self.timeout):
                 holder = f"client {self.busy} holds it" if self.busy is not None else "waiting for its turn"
                 raise TimeoutError(f"server: client {client} waited > {self.timeout:.0f}s for the server ({holder})")
+            if client not in self.active:
+                raise RuntimeError(f"client {client} was dropped by the server")
             self.busy = client
         return now() - t0
 
@@ -128,6 +132,9 @@ class SplitServer:
     def retire(self, client: int) -> None:
         """Take a client that has finished out of the rotation."""
         with self.cond:
+            if self.busy == client:  # it died holding the server: drop its open step
+                self.busy = None
+                self._pending.pop(client, None)
             if client in self.active:
                 idx = self.active.index(client)
                 self.active.pop(idx)

@@ -38,3 +38,36 @@ def torchrun(nproc: int, args: list[str], out_dir: Path, name: str = "run", time
     full_env.pop("SPLITLORA_DATA", None)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
     return Run(proc.returncode, proc.stdout, proc.stderr, out_dir / name)
+
+
+def spawn_ranks(nproc: int, args: list[str], out_dir: Path, name: str = "run",
+                env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """Start the ranks as plain processes (no torchrun agent that ends the others on a failure)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(nproc):
+        e = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {}), "RANK": str(rank),
+             "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        e.pop("SPLITLORA_DATA", None)
+        procs.append(subprocess.Popen([sys.executable, "-m", "launch.train", *FAST, f"--out.dir={out_dir}",
+                                       f"--out.name={name}", *args], cwd=REPO, env=e, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
+    """(exit code, stderr) per rank; kills what is still running after ``timeout`` and fails."""
+    out = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError(f"rank pid {p.pid} still running after {timeout}s: a hang") from None
+        out.append((p.returncode, err))
+    return out

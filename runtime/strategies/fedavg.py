@@ -1,6 +1,8 @@
 """FedAvg-LoRA: average A and B separately, weighted by samples (McMahan et al.; the SplitLoRA
 paper's client-side aggregation). The product of averages is not the average of products:
 sum_k w_k B_k A_k != (sum_k w_k B_k)(sum_k w_k A_k) in general.
+
+Ignores ``fed.client_ranks``: every client trains and averages all r_G ranks.
 """
 
 from __future__ import annotations
