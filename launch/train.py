@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -142,10 +143,14 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
         summary = run_server(cfg, world, run_dir, plan)
         write_json(run_dir / "summary.json", summary)
         _report(run_dir, summary)
+        graceful = not summary.get("dropped_clients")
+        if not graceful:
+            time.sleep(2.0)  # let the last clients' finish replies leave before the agent stops
     else:
-        run_client(cfg, world, run_dir, data, plan)
+        graceful = run_client(cfg, world, run_dir, data, plan)
     del torch
-    shutdown_world(cfg)
+    # A graceful shutdown is a collective of every worker: impossible once a client died.
+    shutdown_world(cfg, graceful=graceful)
     return 0
 
 
