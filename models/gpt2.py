@@ -255,6 +255,7 @@ class GPT2(nn.Module):
         attn_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
         select: Tensor | None = None,
+        first_block: int = 0,
     ) -> Tensor:
         """Run the parts of GPT-2 this module owns.
 
@@ -264,6 +265,9 @@ class GPT2(nn.Module):
             for left-padded batches; combined with causality here. Pass matching
             ``position_ids`` (see ``position_ids_from_mask``).
         kv_cache: appended to for every block owned, then advanced by T.
+        first_block: skip the blocks this part owns whose index is below it. A server that
+            serves clients cut at different layers holds blocks from the lowest cut on and
+            starts each client's forward at that client's cut.
         select: optional bool (B, T); with ``lm_head``, only those positions get logits,
             returned as (N, V) in row-major order. Training needs logits only where the
             loss counts (the completion): the (·, C) x (C, V) head is most of a small
@@ -287,6 +291,8 @@ class GPT2(nn.Module):
         if len(tr["h"]) > 0:
             mask, is_causal = _attention_mask(B, T, past, attn_mask, h.device)
             for name, block in tr["h"].items():
+                if int(name) < first_block:
+                    continue
                 h = block(h, mask, is_causal, kv_cache, name)
         if "ln_f" in tr:
             h = tr["ln_f"](h)

@@ -105,3 +105,16 @@ def test_cannot_split_a_part(tiny_model):
     client, _ = split_model(tiny_model, 1)
     with pytest.raises(ValueError, match="whole"):
         split_model(client, 1)
+
+
+def test_server_of_the_lowest_cut_serves_a_higher_cut_with_first_block(tiny_model):
+    """Per-client cuts: a server holding blocks 1.. serves a client cut at 2 by starting at block 2."""
+    from models.split import split_model
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, tiny_model.config.vocab_size, (2, 7))
+    client2, _ = split_model(tiny_model, 2)
+    _, server1 = split_model(tiny_model, 1)
+    with torch.no_grad():
+        out = server1(client2(ids), first_block=2)
+        assert torch.equal(out, tiny_model(ids))
