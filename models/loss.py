@@ -34,7 +34,8 @@ def lm_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor, label_smoothing:
     return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def model_loss(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def model_loss(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor, label_smoothing: float = 0.0,
+               **forward_kwargs: object) -> Tensor:
     """Run ``model`` (a part that owns ``lm_head``) and return :func:`lm_loss`'s value.
 
     Logits are computed only at positions where ``loss_mask`` is non-zero (``select``),
@@ -44,7 +45,7 @@ def model_loss(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor, 
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     select = loss_mask > 0  # (B, T)
-    logits = model(x, select=select)  # (N, V)
+    logits = model(x, select=select, **forward_kwargs)  # (N, V)
     per_token = F.cross_entropy(logits.float(), targets[select], reduction="none",
                                 label_smoothing=label_smoothing)  # (N,)
     weights = loss_mask[select].float()

@@ -31,19 +31,20 @@ from runtime.telemetry import now, peak_memory
 from runtime.watchdog import Watchdog
 
 
-def build_client_module(cfg: Config, device: torch.device) -> torch.nn.Module:
+def build_client_module(cfg: Config, device: torch.device, cut: int) -> torch.nn.Module:
     full = build_full_model(cfg)
     if cfg.method == "splitlora":
         from models.split import split_model
 
-        full = split_model(full, cfg.split.cut)[0]
+        full = split_model(full, cut)[0]
     return full.to(device).train()
 
 
 def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> bool:
     """Train this client; returns False when a client dropped out (then RPC shuts down non-gracefully)."""
     set_threads(cfg.runtime.client_threads)
-    module = build_client_module(cfg, world.device)
+    cuts = cfg.split.cuts(world.n_clients)
+    module = build_client_module(cfg, world.device, cuts[world.client_index])
     strategy = build_strategy(cfg.fed.strategy, cfg.fed)
     t = cfg.train
     opt = torch.optim.AdamW(strategy.param_groups(module, t.lr), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
@@ -53,7 +54,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
     ctx = ClientContext(module=module, optimizer=opt, client_index=world.client_index, n_clients=world.n_clients,
                         weights=weights, group=world.client_group, device=world.device,
                         rank_budget=ranks[world.client_index] if ranks else cfg.lora.r, global_rank=cfg.lora.r,
-                        seed=cfg.train.seed)
+                        seed=cfg.train.seed, cuts=cuts if cfg.method == "splitlora" else None)
     stepper = Stepper(module, opt, build_scheduler(cfg, opt, plan.local_steps), world.device,
                       t.label_smoothing, t.grad_clip, before_step=lambda: strategy.before_step(ctx),
                       after_step=lambda: strategy.after_step(ctx))
@@ -183,7 +184,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
     if world.rank == live[0]:
         # The first client assembles the whole trained model (aggregated client part +
         # server part); the server only ever hands out its own adapters.
-        whole = assemble_whole_model(cfg, module).to(world.device)
+        whole = assemble_whole_model(cfg, module, cuts[world.client_index]).to(world.device)
         val = eval_loss(whole, data.eval_batches(), world.device)
         if cfg.out.save_model:
             save_model(run_dir, whole, cfg, with_base=strategy.modifies_base)
@@ -211,7 +212,7 @@ def wait_for_dropped_client(cfg: Config) -> int:
     raise RuntimeError("a client-group collective failed but the server reports no dropped client")
 
 
-def assemble_whole_model(cfg: Config, client_module: torch.nn.Module) -> torch.nn.Module:
+def assemble_whole_model(cfg: Config, client_module: torch.nn.Module, cut: int) -> torch.nn.Module:
     """The whole model with this client's (aggregated) part and, for SplitLoRA, the server's adapters.
 
     The client part's full state is copied (not only its LoRA), so strategies that merge
@@ -223,5 +224,9 @@ def assemble_whole_model(cfg: Config, client_module: torch.nn.Module) -> torch.n
     if unexpected:
         raise RuntimeError(f"client part does not fit the whole model: {unexpected[:5]}")
     if cfg.method == "splitlora":
-        load_lora_state_dict(whole, rpc.rpc_sync(SERVER, split_server.server_lora_state), strict=False)
+        server_state = rpc.rpc_sync(SERVER, split_server.server_lora_state)
+        # With per-client cuts the server also holds blocks below this client's cut: this
+        # client's model uses its own copies there (as in its training).
+        server_state = {k: v for k, v in server_state.items() if int(k.split(".h.")[1].split(".")[0]) >= cut}
+        load_lora_state_dict(whole, server_state, strict=False)
     return whole

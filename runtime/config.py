@@ -81,10 +81,20 @@ class DataConfig:
 class SplitConfig:
     cut: int = 3  # client holds blocks 0..cut-1 (SplitLoRA's public code cuts after block 3)
     cut_dtype: str = "fp32"  # dtype of the activations/gradients that cross the cut
+    client_cuts: str = ""  # per-client cuts, e.g. "2,3,6" (heterogeneous clients); "" = `cut` for all
+
+    def cuts(self, n_clients: int) -> list[int]:
+        """The cut of every client (index 0 = rank 1)."""
+        given = [int(x) for x in self.client_cuts.split(",") if x.strip()]
+        return given or [self.cut] * n_clients
 
     def __post_init__(self) -> None:
         _check(self.cut_dtype in CUT_DTYPES, f"split.cut_dtype must be one of {CUT_DTYPES}, got {self.cut_dtype!r}")
         _check(self.cut >= 0, f"split.cut must be >= 0, got {self.cut}")
+        try:
+            self.cuts(1)
+        except ValueError:
+            raise ConfigError(f"split.client_cuts must be a comma list of ints, got {self.client_cuts!r}") from None
 
 
 @dataclass
@@ -397,3 +407,11 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
         _check(1 <= cfg.split.cut <= n_layer - 1,
                f"split.cut must be in [1, {n_layer - 1}] for a {n_layer}-block model "
                f"(client holds blocks 0..cut-1, server the rest), got {cfg.split.cut}")
+        if cfg.split.client_cuts:
+            cuts = cfg.split.cuts(world_size - 1)
+            _check(len(cuts) == world_size - 1,
+                   f"split.client_cuts gives {len(cuts)} cut(s) but there are {world_size - 1} clients")
+            _check(all(1 <= c <= n_layer - 1 for c in cuts),
+                   f"split.client_cuts must all be in [1, {n_layer - 1}], got {cfg.split.client_cuts}")
+            _check(cfg.fed.strategy == "fedavg",
+                   "split.client_cuts (per-client cuts) is implemented for fed.strategy=fedavg only")

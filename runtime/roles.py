@@ -152,7 +152,8 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     coord = coordinator.Coordinator(writer, world.n_clients, (plan.local_steps - plan.start_step) * world.n_clients)
     coordinator.install(coord)
     if cfg.method == "splitlora":
-        part = build_server_part(cfg).to(world.device)
+        cuts = cfg.split.cuts(world.n_clients)
+        part = build_server_part(cfg, min(cuts)).to(world.device)
         part.train()
         params = trainable_parameters(part)
         opt = build_optimizer(cfg, params)
@@ -160,7 +161,8 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
         sched = build_scheduler(cfg, opt, plan.local_steps * world.n_clients)
         server = split_server.SplitServer(
             part, opt, sched, device=world.device, clients=list(range(1, world.world_size)),
-            order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout)
+            order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout,
+            cuts={rank: cuts[rank - 1] for rank in range(1, world.world_size)})
         split_server.install(server)
         if plan.start_step:
             state = load_rank(run_dir, plan.start_step, "server")
@@ -212,10 +214,10 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     return summary
 
 
-def build_server_part(cfg: Config) -> torch.nn.Module:
+def build_server_part(cfg: Config, cut: int) -> torch.nn.Module:
     from models.split import split_model
 
-    return split_model(build_full_model(cfg), cfg.split.cut)[1]
+    return split_model(build_full_model(cfg), cut)[1]
 
 
 # ------------------------------------------------------------------------- summary

@@ -38,7 +38,7 @@ class SplitServer:
     def __init__(self, part: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
                  clients: list[int], order: str, label_smoothing: float, timeout: float,
-                 on_step: Any = None) -> None:
+                 on_step: Any = None, cuts: dict[int, int] | None = None) -> None:
         self.part = part
         self.opt = optimizer
         self.sched = scheduler
@@ -48,6 +48,9 @@ class SplitServer:
         self.timeout = timeout
         self.on_step = on_step  # callback(client_rank, record) after every server step
         self.params = [p for p in part.parameters() if p.requires_grad]
+        # Per-client cuts: the part holds blocks from the lowest cut on; client k's forward
+        # starts at its own cut (blocks below it are that client's).
+        self.cuts = cuts or {}
         self.cond = threading.Condition()
         self.active = list(clients)  # ranks still training, in round-robin order
         self.busy: int | None = None  # client holding the server between forward and step
@@ -94,7 +97,7 @@ class SplitServer:
             x = h.to(self.device, dtype=torch.float32)
             x = stamp(x, marks)  # marks[-1] = when the gradient has crossed the server part
             loss = model_loss(self.part, x, targets.to(self.device), loss_mask.to(self.device),
-                              self.label_smoothing)
+                              self.label_smoothing, first_block=self.cuts.get(client, 0))
             end_marks: list[float] = []
             loss = stamp(loss, end_marks)  # end_marks[-1] = server backward starts
             sync(self.device)

@@ -60,3 +60,15 @@ def test_allreduce_weighted_mean_over_client_subgroup():
         assert torch.equal(a1, a2)  # clients hold identical adapters after aggregation
         assert torch.allclose(a1, e, atol=1e-7)  # ... equal to the sample-weighted mean
     assert n1 == (12 + 5) * 4  # one flat fp32 buffer
+
+
+def test_fedavg_by_holders_rule_on_tiny_tensors():
+    """Per-client cuts: block 1 is held by clients 0 and 1 only, so only they average it, re-weighted."""
+    from runtime.strategies.fedavg import aggregate_fedavg_by_holders
+
+    s0 = {"h.0.x": torch.tensor([1.0]), "h.1.x": torch.tensor([10.0])}
+    s1 = {"h.0.x": torch.tensor([3.0]), "h.1.x": torch.tensor([20.0])}
+    s2 = {"h.0.x": torch.tensor([5.0])}  # cut 1: holds block 0 only
+    out = aggregate_fedavg_by_holders([s0, s1, s2], [0.2, 0.3, 0.5])
+    assert torch.allclose(out["h.0.x"], torch.tensor([0.2 * 1 + 0.3 * 3 + 0.5 * 5]))
+    assert torch.allclose(out["h.1.x"], torch.tensor([(0.2 * 10 + 0.3 * 20) / 0.5]))  # w renormalised over holders

@@ -42,6 +42,7 @@ class ClientContext:
     # SplitLoRA the server computes gradients but does not update its weights (probes).
     probe: Callable[[int], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cuts: list[int] | None = None  # SplitLoRA: every client's cut (per-client cuts differ)
 
     @property
     def weight(self) -> float:

@@ -17,10 +17,34 @@ def aggregate_fedavg(factors: list[list[torch.Tensor]], weights: list[float]) ->
     return [sum(w * f[i] for w, f in zip(weights, factors)) for i in range(len(factors[0]))]
 
 
+def block_index(name: str) -> int:
+    """Block number of a parameter name ``transformer.h.<b>.…``."""
+    return int(name.split(".h.", 1)[1].split(".", 1)[0])
+
+
+def aggregate_fedavg_by_holders(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Per-client cuts: each tensor is averaged over the clients that hold it, weighted by
+    their samples renormalised among those holders (reference maths of one round)."""
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted({n for s in states for n in s}):
+        holders = [(w, s[name]) for w, s in zip(weights, states) if name in s]
+        total = sum(w for w, _ in holders)
+        out[name] = sum((w / total) * t for w, t in holders)
+    return out
+
+
 class FedAvg(Strategy):
+    """Weighted FedAvg of A and B. Ignores fed.client_ranks (every client trains r_G ranks).
+
+    With per-client cuts (SplitLoRA ``split.client_cuts``), blocks held by only some
+    clients are averaged among those who hold them, weighted by their samples.
+    """
+
     name = "fedavg"
 
     def aggregate(self, ctx: ClientContext, round_idx: int) -> CommStats:
+        if ctx.cuts and len(set(ctx.cuts)) > 1:
+            return self._aggregate_by_holders(ctx)
         params = [p for _, a in ctx.adapters() for p in (a.lora_A, a.lora_B)]
         summed = flat_allreduce_sum([p.detach() * ctx.weight for p in params], ctx.group)
         with torch.no_grad():
@@ -29,3 +53,24 @@ class FedAvg(Strategy):
         n = sum(p.numel() for p in params)
         size = params[0].element_size() if params else 4
         return CommStats(up_params=n, up_bytes=n * size, down_params=n, down_bytes=n * size)
+
+    def _aggregate_by_holders(self, ctx: ClientContext) -> CommStats:
+        """One all_reduce over the union of client blocks (0..max cut-1); zeros where not held."""
+        cuts = ctx.cuts or []
+        own = {f"{n}.{k}": p for n, a in ctx.adapters() for k, p in (("lora_A", a.lora_A), ("lora_B", a.lora_B))}
+        prefix = next(iter(own)).split(".h.", 1)[0] + ".h."
+        # Every block has the same adapter shapes: block 0 (every client holds it) is the template.
+        template = {n[len(prefix) + 2:]: p for n, p in own.items() if block_index(n) == 0}  # "0." stripped
+        names = [(b, f"{prefix}{b}.{suffix}", suffix) for b in range(max(cuts)) for suffix in template]
+        contrib = [own[n].detach() * ctx.weight if n in own else torch.zeros_like(template[suffix])
+                   for _, n, suffix in names]
+        summed = flat_allreduce_sum(contrib, ctx.group)
+        with torch.no_grad():
+            for (b, n, _), total in zip(names, summed):
+                if n in own:
+                    holders = sum(w for w, c in zip(ctx.weights, cuts) if c > b)  # sum of w_j over holders
+                    own[n].copy_(total / holders)
+        n_up = sum(t.numel() for t in contrib)
+        size = contrib[0].element_size() if contrib else 4
+        n_own = sum(p.numel() for p in own.values())
+        return CommStats(up_params=n_up, up_bytes=n_up * size, down_params=n_own, down_bytes=n_own * size)
