@@ -142,6 +142,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
     records: list[dict[str, Any]] = []
     pending = []
     every = cfg.fed.aggregate_every
+    slowdown = cfg.runtime.slowdowns(world.n_clients)[world.client_index]
     t_start = now()
     for step, batch in enumerate(data.batches(plan.local_steps, plan.start_step), start=plan.start_step + 1):
         maybe_inject_fault(world.rank, step)
@@ -149,6 +150,11 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
             strategy.begin_round(ctx, rounds + 1)
         t0 = now()
         out = one_step(batch)
+        if slowdown > 1.0:
+            # A slower device: stretch this client's own compute (not the server's, not the wire).
+            own = sum(out["time"].get(k, 0.0) for k in ("client_fwd", "client_bwd", "client_opt", "fwd", "bwd", "opt"))
+            out["time"]["straggler_sleep"] = (slowdown - 1.0) * own
+            time.sleep(out["time"]["straggler_sleep"])
         rec = {"kind": "step", "client": world.rank, "step": step, "loss": out["loss"], "t": time.time(),
                "step_time": now() - t0, "tokens": int(batch["loss_mask"].numel()),
                "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}

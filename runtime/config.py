@@ -166,6 +166,13 @@ class RuntimeConfig:
     cuda_cut: str = "host"  # host: cut tensors staged through CPU (works with dist autograd); device_maps
     server_threads: int = 0  # torch threads on the server; 0 = cores left by waiting clients
     client_threads: int = 1
+    # Simulated heterogeneous clients: per-client slow-down factors ("1,1,3": client 3 takes
+    # 3x its measured compute time; the extra is slept and logged as time.straggler_sleep).
+    client_slowdown: str = ""
+
+    def slowdowns(self, n_clients: int) -> list[float]:
+        given = [float(x) for x in self.client_slowdown.split(",") if x.strip()]
+        return given or [1.0] * n_clients
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), f"runtime.device must be auto|cpu|cuda, got {self.device!r}")
@@ -178,6 +185,13 @@ class RuntimeConfig:
         _check(self.cuda_cut in ("host", "device_maps"),
                f"runtime.cuda_cut must be host|device_maps, got {self.cuda_cut!r}")
         _check(self.server_threads >= 0 and self.client_threads >= 0, "runtime.*_threads must be >= 0")
+        try:
+            factors = self.slowdowns(1)
+        except ValueError:
+            raise ConfigError(f"runtime.client_slowdown must be a comma list of numbers, got "
+                              f"{self.client_slowdown!r}") from None
+        _check(all(f >= 1.0 for f in factors), f"runtime.client_slowdown factors must be >= 1, got "
+                                                f"{self.client_slowdown!r}")
 
 
 @dataclass
@@ -396,6 +410,10 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
     else:
         _check(world_size >= 2, f"method {cfg.method} needs a server (rank 0) and at least one client: "
                                 f"WORLD_SIZE must be >= 2, got {world_size} (use --nproc_per_node=N+1 for N clients)")
+    if cfg.runtime.client_slowdown:
+        _check(len(cfg.runtime.slowdowns(1)) == world_size - 1,
+               f"runtime.client_slowdown gives {len(cfg.runtime.slowdowns(1))} factor(s) but there are "
+               f"{world_size - 1} clients")
     ranks = cfg.fed.rank_list()
     if ranks:
         _check(cfg.method != "cenlora", "fed.client_ranks applies to splitlora/fedlora, not cenlora")

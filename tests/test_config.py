@@ -61,3 +61,16 @@ def test_world_checks():
         validate_for_world(build_config(["--method=cenlora"]), 3, 4)
     validate_for_world(cfg, 3, 4)  # 2 clients + server, cut 3 of 4: fine
     assert isinstance(cfg, Config)
+
+
+def test_client_slowdown_and_cuts_are_checked_against_the_world():
+    with pytest.raises(ConfigError, match="client_slowdown factors must be >= 1"):
+        build_config(["--runtime.client_slowdown=0.5,1"])
+    with pytest.raises(ConfigError, match="2 factor"):
+        validate_for_world(build_config(["--runtime.client_slowdown=1,3"]), 4, 4)
+    with pytest.raises(ConfigError, match="client_cuts gives 1 cut"):
+        validate_for_world(build_config(["--split.client_cuts=2"]), 3, 4)
+    with pytest.raises(ConfigError, match="client_ranks gives 1 rank"):
+        validate_for_world(build_config(["--fed.client_ranks=2"]), 3, 4)
+    with pytest.raises(ConfigError, match="r_k must be <= r_G"):
+        validate_for_world(build_config(["--fed.client_ranks=2,8", "--lora.r=4"]), 3, 4)
