@@ -172,6 +172,14 @@ class LoRALinear(nn.Module):
             self._segments.append((self.out_features - pos, None))
         self._starts = {key: start for key, (start, _) in slices.items()}
 
+    def base_rows(self, key: str) -> Tensor:
+        """The rows of the frozen ``weight`` that adapter ``key`` adds to: a view (out_key, in).
+
+        For strategies that merge an aggregated update into the base (FLoRA).
+        """
+        start = self._starts[key]
+        return self.weight[start : start + self.adapters[key].lora_B.shape[0]]
+
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:

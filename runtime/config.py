@@ -136,6 +136,8 @@ class FedConfig:
 
     def __post_init__(self) -> None:
         _check(self.aggregate_every >= 1, f"fed.aggregate_every must be >= 1, got {self.aggregate_every}")
+        _check(self.weighting in ("samples", "uniform"),
+               f"fed.weighting must be samples|uniform, got {self.weighting!r}")
         from runtime.strategies import STRATEGIES
 
         _check(self.strategy in STRATEGIES,
@@ -152,8 +154,6 @@ class FedConfig:
 
     def rank_list(self) -> list[int]:
         return [int(x) for x in self.client_ranks.split(",") if x.strip()]
-        _check(self.weighting in ("samples", "uniform"),
-               f"fed.weighting must be samples|uniform, got {self.weighting!r}")
 
 
 @dataclass

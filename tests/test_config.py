@@ -44,6 +44,7 @@ def test_round_trip_through_json():
     (["--split.cut_dtype=int8"], "split.cut_dtype"),
     (["--data.partition=zipf"], "data.partition"),
     (["--data.pad_to_seq_len=maybe"], "data.pad_to_seq_len"),
+    (["--fed.weighting=median"], "fed.weighting"),
     (["--train.max_steps=1.5"], "train.max_steps"),
 ])
 def test_bad_values_name_the_field(argv, needle):
