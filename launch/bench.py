@@ -1,13 +1,21 @@
-"""Step-time benchmark: SplitLoRA's per-phase breakdown against CenLoRA on the same total batch.
+"""Latency report: CenLoRA, FedLoRA and SplitLoRA on the same model, data and batch.
 
-    python -m launch.bench --model tiny --clients 1 --steps 20
+    python -m launch.bench --out runs/bench                       # tiny preset, 2 clients
+    python -m launch.bench --scaling 1,2,4 --cut-dtypes fp32,bf16 --net.profile lan wifi 4g
+    python -m launch.bench --config bench.yaml --out DIR          # keys as the long options
     python -m launch.bench --model gpt2 --clients 1 --steps 8 --batch 4 --seq-len 128
 
-Each method runs as a real torchrun job (``launch.train``) on synthetic data padded to a
-fixed ``seq_len`` (so every step moves exactly B·T·d activations across the cut). Phase
-times come from the runtime's own timers (``metrics.jsonl``); the first ``--warmup``
-steps of every client are dropped. CenLoRA gets batch ``clients × batch`` so both do the
-same work per round. Prints a table and writes ``bench.json`` under ``--out``.
+Every method runs as a real torchrun job of ``launch.train`` on synthetic data padded to
+``--seq-len`` (so every step moves exactly B·T·d activations across the cut), for
+``--steps`` local steps; the first ``--warmup`` steps of every client are left out of
+the statistics. CenLoRA gets batch ``clients × batch`` so that every method processes
+the same examples per round. All times come from the runtime's timers (metrics.jsonl).
+
+Writes ``DIR/report.json``, ``DIR/report.md`` and PNG plots; the runs stay in
+``DIR/runs/<method>-n<clients>[-<dtype>]`` (``--runs-dir`` puts them elsewhere;
+``--reuse`` re-reads finished ones instead of running them again). Link profiles
+(``--net.profile``) add *simulated* transfer time beside the measured time; see
+``launch/netsim.py`` for the model.
 """
 
 from __future__ import annotations
@@ -15,117 +23,228 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from launch import netsim
+from launch.report import JOB_FILE, RunSpec, analyze_run
+from launch.report_build import build_report, load_avg, machine_info
+
 REPO = Path(__file__).resolve().parents[1]
+METHODS = ("cenlora", "fedlora", "splitlora")
 
 
 def run_job(method: str, nproc: int, args: list[str], out: Path, name: str, timeout: float) -> Path:
+    """Run one ``launch.train`` job under torchrun; returns its run directory."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "launch.train", f"--method={method}", f"--out.dir={out}", f"--out.name={name}", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    before = load_avg()
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.splitlines()[-15:])
-        raise SystemExit(f"bench: {method} failed (exit {proc.returncode}):\n{tail}")
-    print(f"bench: {method:9s} done in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        raise SystemExit(f"bench: {name} failed (exit {proc.returncode}):\n{tail}")
+    wall = time.monotonic() - t0
+    # Beside the run: how it was started and how busy the machine was (other work inflates timings).
+    job = {"command": cmd[1:], "wall_s": wall, "load_avg_before": before, "load_avg_after": load_avg()}
+    (out / name / JOB_FILE).write_text(json.dumps(job, indent=1) + "\n")
+    print(f"bench: {name:22s} done in {wall:.1f}s", file=sys.stderr, flush=True)
     return out / name
 
 
-def steady_records(run_dir: Path, warmup: int) -> list[dict[str, Any]]:
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in recs if r.get("kind") == "step" and r["step"] > warmup]
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]
 
 
-def throughput(recs: list[dict[str, Any]]) -> float:
-    """Tokens per second over the steady window, all clients together (wall clock)."""
-    start = min(r["t"] - r["step_time"] for r in recs)
-    end = max(r["t"] for r in recs)
-    return sum(r["tokens"] for r in recs) / (end - start)
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in _csv(text)]
 
 
-def median_phases(recs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = sorted({k for r in recs for k in r["time"]})
-    return {k: statistics.median(r["time"][k] for r in recs) for k in keys}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="splitlora-bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="JSON or YAML mapping of the options below (long names, - or _)")
+    ap.add_argument("--out", default=None, help="report directory (default runs/bench-<time>)")
+    ap.add_argument("--runs-dir", default=None, help="where the training runs go (default OUT/runs)")
     ap.add_argument("--model", default="tiny", help="preset (random weights): tiny, gpt2, ...")
-    ap.add_argument("--clients", type=int, default=1)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma list of cenlora, fedlora, splitlora")
+    ap.add_argument("--clients", type=int, default=2, help="clients of the main comparison")
+    ap.add_argument("--scaling", default="", help="comma list of client counts for the scaling table, e.g. 1,2,4")
     ap.add_argument("--steps", type=int, default=20, help="local steps per client")
-    ap.add_argument("--warmup", type=int, default=3, help="steps dropped from the statistics")
+    ap.add_argument("--warmup", type=int, default=3, help="steps left out of the statistics")
     ap.add_argument("--batch", type=int, default=8, help="batch per client")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--cut", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per process")
-    ap.add_argument("--out", default="runs/bench")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--cut-dtypes", default="fp32", help="SplitLoRA cut dtypes to compare, e.g. fp32,bf16")
+    ap.add_argument("--aggregate-every", type=int, default=5, help="local steps between aggregations")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the runtime's)")
+    ap.add_argument("--order", default="round_robin", choices=("arrival", "round_robin"),
+                    help="server admission order (round_robin: same seed, same result)")
+    ap.add_argument("--server-threads", type=int, default=0, help="torch threads on rank 0 (0: every core)")
+    ap.add_argument("--client-threads", type=int, default=1, help="torch threads per client")
+    ap.add_argument("--threads", type=int, default=None, help="set both thread counts (the old option)")
+    ap.add_argument("--eval-examples", type=int, default=32, help="validation examples for the final val loss")
+    ap.add_argument("--net.profile", dest="net_profile", nargs="+", default=["lan", "wifi", "4g"],
+                    help="link profiles: lan wifi 4g custom:<Mbps>:<rtt_ms> (space or comma separated)")
+    ap.add_argument("--net.allreduce", dest="net_allreduce", default="ring", choices=("ring", "star"),
+                    help="aggregation model for the simulated link time")
+    ap.add_argument("--target-loss", type=float, default=None,
+                    help="time-to-target loss (default: the best smoothed loss every method reaches)")
+    ap.add_argument("--smooth", type=int, default=3, help="moving-average window of the loss curves")
+    ap.add_argument("--extra", action="append", default=[], help="more launch.train overrides, e.g. --extra=--lora.r=8")
+    ap.add_argument("--note", default="", help="free text put at the top of report.md (e.g. what else ran)")
+    ap.add_argument("--reuse", action="store_true", help="re-read finished runs under DIR/runs instead of rerunning")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per job")
+    return ap
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A bench config file: a mapping of long option names (``seq-len`` or ``seq_len``)."""
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"bench: {path}: expected a mapping of options")
+    out = {}
+    for k, v in data.items():
+        key = str(k).replace("-", "_").replace(".", "_")
+        if isinstance(v, list) and key not in ("net_profile", "extra"):
+            v = ",".join(str(x) for x in v)  # scaling: [1, 2, 4] == "1,2,4"
+        out[key] = v
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = build_parser()
+    first, _ = ap.parse_known_args(argv)
+    if first.config:
+        values = load_config_file(first.config)
+        known = {a.dest for a in ap._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            ap.error(f"{first.config}: unknown option(s) {', '.join(unknown)}")
+        if isinstance(values.get("net_profile"), str):
+            values["net_profile"] = [values["net_profile"]]
+        ap.set_defaults(**values)
     a = ap.parse_args(argv)
+    if a.threads is not None:
+        a.server_threads = a.client_threads = a.threads
+    a.methods = _csv(a.methods)
+    a.scaling = _ints(a.scaling)
+    a.cut_dtypes = _csv(a.cut_dtypes)
+    bad = [m for m in a.methods if m not in METHODS]
+    if bad or not a.methods:
+        ap.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
     if a.steps <= a.warmup:
         ap.error("--steps must exceed --warmup")
-    out = Path(a.out) / time.strftime("%Y%m%d-%H%M%S")
+    if a.clients < 1 or any(n < 1 for n in a.scaling):
+        ap.error("client counts must be >= 1")
+    try:
+        a.profiles = netsim.parse_profiles(a.net_profile)
+    except ValueError as e:
+        ap.error(str(e))
+    return a
+
+
+def plan_jobs(a: argparse.Namespace) -> list[RunSpec]:
+    """Every method at every client count, plus SplitLoRA at --clients for each extra cut dtype."""
+    specs = [RunSpec(m, n) for n in sorted({a.clients, *a.scaling}) for m in a.methods]
+    if "splitlora" in a.methods:
+        specs += [RunSpec("splitlora", a.clients, d) for d in a.cut_dtypes if d != "fp32"]
+    return specs
+
+
+def train_args(a: argparse.Namespace, spec: RunSpec) -> list[str]:
+    """The launch.train overrides of one job; everything but the method, batch and cut dtype is shared."""
     common = [f"--model.name={a.model}", "--data.source=synthetic", f"--data.seq_len={a.seq_len}",
-              "--data.pad_to_seq_len=true", "--data.max_eval_examples=0", f"--train.max_steps={a.steps}",
-              "--lora.dropout=0", f"--runtime.server_threads={a.threads}", f"--runtime.client_threads={a.threads}",
-              "--out.save_model=false", "--fed.aggregate_every=1000000"]
-    cen_dir = run_job("cenlora", 1, [*common, f"--train.batch_size={a.batch * a.clients}"], out, "cenlora",
-                      a.timeout)
-    split_dir = run_job("splitlora", a.clients + 1, [*common, f"--train.batch_size={a.batch}",
-                                                      f"--split.cut={a.cut}"], out, "splitlora", a.timeout)
-    cen, split = steady_records(cen_dir, a.warmup), steady_records(split_dir, a.warmup)
-    d = json.loads((split_dir / "config.json").read_text())
+              "--data.pad_to_seq_len=true", f"--data.max_eval_examples={a.eval_examples}",
+              f"--train.max_steps={a.steps}", "--lora.dropout=0", f"--runtime.order={a.order}",
+              f"--runtime.server_threads={a.server_threads}", f"--runtime.client_threads={a.client_threads}",
+              "--out.save_model=false", f"--fed.aggregate_every={a.aggregate_every}", f"--split.cut={a.cut}"]
+    if a.lr is not None:
+        common.append(f"--train.lr={a.lr}")
+    batch = a.batch * spec.n_clients if spec.method == "cenlora" else a.batch
+    return [*common, f"--train.batch_size={batch}", f"--split.cut_dtype={spec.cut_dtype}", *a.extra]
+
+
+def settings_of(a: argparse.Namespace, run_dirs: list[Path], argv: list[str]) -> dict[str, Any]:
+    """The shared settings, with the model shape and thread counts as the runtime resolved them."""
     from runtime.build import model_config
     from runtime.config import config_from_dict
 
-    cfg = config_from_dict({k: v for k, v in d.items() if k != "launch"})
-    n_embd = model_config(cfg).n_embd
-    theory = 2 * a.batch * a.seq_len * n_embd * 4  # activations up + gradients down, fp32
-    measured = statistics.median(r["bytes_up"] + r["bytes_down"] for r in split)
-    act_only = statistics.median(2 * r["bytes_down"] for r in split)
-    cen_tps, split_tps = throughput(cen), throughput(split)
-    phases = median_phases(split)
-    step_med = statistics.median(r["step_time"] for r in split)
-    result = {
-        "model": a.model, "clients": a.clients, "batch_per_client": a.batch, "seq_len": a.seq_len, "cut": a.cut,
-        "threads_per_process": a.threads, "steps": a.steps, "warmup": a.warmup,
-        "split_phases_ms": {k: v * 1e3 for k, v in phases.items()},
-        "split_step_ms_median": step_med * 1e3,
-        "cen_step_ms_median": statistics.median(r["step_time"] for r in cen) * 1e3,
-        "cen_tokens_per_s": cen_tps, "split_tokens_per_s": split_tps,
-        "ratio_split_over_cen_time": cen_tps / split_tps,
-        "cut_bytes_per_step_measured": measured, "cut_bytes_activations_only": act_only,
-        "cut_bytes_theory_2BTd4": theory, "bytes_vs_theory": measured / theory,
-        "fixed_rpc_ms": {k: phases.get(k, 0.0) * 1e3 for k in ("cut_up", "cut_down")},
-        "runs": {"cenlora": str(cen_dir), "splitlora": str(split_dir)},
+    d = json.loads((run_dirs[0] / "config.json").read_text())
+    mc = model_config(config_from_dict({k: v for k, v in d.items() if k != "launch"}))
+    cores = os.cpu_count() or 1
+    return {
+        "model": a.model, "n_layer": mc.n_layer, "n_embd": mc.n_embd, "vocab_size": mc.vocab_size,
+        "methods": a.methods, "clients": a.clients, "scaling": a.scaling, "cut_dtypes": a.cut_dtypes,
+        "batch_per_client": a.batch, "seq_len": a.seq_len, "cut": a.cut, "steps": a.steps, "warmup": a.warmup,
+        "aggregate_every": a.aggregate_every, "lr": d["train"]["lr"], "order": a.order, "seed": d["train"]["seed"],
+        "data": "synthetic, every batch padded to seq_len", "eval_examples": a.eval_examples,
+        "threads": {"server_threads": a.server_threads, "client_threads": a.client_threads,
+                    "server_resolved": a.server_threads or cores, "client_resolved": max(1, a.client_threads),
+                    "note": "--runtime.server_threads / --runtime.client_threads; 0 = every core on rank 0 "
+                            "(CenLoRA uses the server count)"},
+        # --reuse only re-reads finished runs: the command that reproduces them is the one without it.
+        "command": "python -m launch.bench " + " ".join(x for x in argv if x != "--reuse"),
+        "rendered_from_existing_runs": a.reuse, "note": a.note,
     }
+
+
+def rounded(obj: Any, digits: int = 7) -> Any:
+    """Floats to ``digits`` significant digits (timer noise is far larger; keeps report.json small)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    out = Path(a.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    runs_dir = Path(a.runs_dir) if a.runs_dir else out / "runs"
+    specs = plan_jobs(a)
+    print(f"bench: {len(specs)} job(s): {', '.join(s.run_id for s in specs)}", file=sys.stderr, flush=True)
+    dirs = []
+    for spec in specs:
+        d = runs_dir / spec.run_id
+        if not (a.reuse and (d / "summary.json").exists()):
+            if d.exists():
+                import shutil
+
+                shutil.rmtree(d)  # a fresh run: metrics.jsonl is appended to
+            run_job(spec.method, spec.nproc, train_args(a, spec), runs_dir, spec.run_id, a.timeout)
+        dirs.append(d)
+    runs = [analyze_run(d, s, a.warmup) for d, s in zip(dirs, specs)]
+    launches = [json.loads((d / "config.json").read_text())["launch"] for d in dirs]
+    device = next((x["device"] for x in launches if "device" in x), "cpu")  # CenLoRA records none
+    report = build_report(runs, settings_of(a, dirs, argv), machine_info(device, runs), a.profiles,
+                          a.net_allreduce, a.target_loss, a.smooth)
+    from launch.report_md import render_markdown
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(format_table(result))
-    print(f"bench: written {out / 'bench.json'}", file=sys.stderr)
+    if not a.no_plots:
+        from launch.report_plots import write_plots
+
+        report["plots"] = write_plots(report, out)
+    (out / "report.json").write_text(json.dumps(rounded(report), indent=1) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    print(render_markdown(report, brief=True))
+    print(f"bench: report in {out}/report.md", file=sys.stderr)
     return 0
-
-
-def format_table(r: dict[str, Any]) -> str:
-    lines = [f"model {r['model']}, {r['clients']} client(s) x batch {r['batch_per_client']} x seq {r['seq_len']}, "
-             f"cut {r['cut']}, {r['threads_per_process']} thread(s)/process, median of steps "
-             f"{r['warmup'] + 1}..{r['steps']}", "", "| phase (SplitLoRA, per client step) | ms |", "|---|---:|"]
-    for k, v in r["split_phases_ms"].items():
-        lines.append(f"| {k} | {v:.2f} |")
-    lines += [f"| **step** | {r['split_step_ms_median']:.2f} |", "",
-              f"CenLoRA step (batch {r['clients'] * r['batch_per_client']}): {r['cen_step_ms_median']:.2f} ms",
-              f"throughput: CenLoRA {r['cen_tokens_per_s']:.0f} tok/s, SplitLoRA {r['split_tokens_per_s']:.0f} tok/s"
-              f" -> split/cen time ratio {r['ratio_split_over_cen_time']:.3f}",
-              f"bytes across the cut per step: {r['cut_bytes_per_step_measured']:.0f} measured "
-              f"(activations+gradients {r['cut_bytes_activations_only']:.0f}) vs theory 2*B*T*d*4 = "
-              f"{r['cut_bytes_theory_2BTd4']:.0f} -> {r['bytes_vs_theory']:.4f}"]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""The latency report: the link model (pure), and one real small ``launch.bench`` run on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from launch import netsim
+from launch.bench import parse_args, plan_jobs
+from launch.report import PHASE_GROUPS
+
+# ----------------------------------------------------------------------------- link model
+
+
+def test_profiles_parse_and_reject_nonsense() -> None:
+    assert netsim.parse_profile("4g") == netsim.PROFILES["4g"]
+    p = netsim.parse_profile("custom:8:120")
+    assert (p.up_mbps, p.down_mbps, p.rtt_ms) == (8.0, 8.0, 120.0)
+    assert [q.name for q in netsim.parse_profiles(["lan,wifi", "lan", "custom:10:1"])] == ["lan", "wifi", "custom:10:1"]
+    for bad in ("5g", "custom:0:10", "custom:10", "custom:x:1", "custom:10:-1", "custom:inf:1"):
+        with pytest.raises(ValueError, match="net profile"):
+            netsim.parse_profile(bad)
+
+
+def test_split_round_is_three_round_trips_plus_transfer_for_one_client() -> None:
+    p = netsim.LinkProfile("t", up_mbps=8.0, down_mbps=16.0, rtt_ms=10.0)
+    # 1 MB up at 8 Mbit/s = 1 s, 1 MB down at 16 Mbit/s = 0.5 s, 3 round trips of 10 ms.
+    assert netsim.split_round_link_s(p, 1, 1e6, 1e6) == pytest.approx(0.03 + 1.0 + 0.5)
+    # N clients: the gated part (2.5 RTT + download) repeats per client; one upload is exposed.
+    assert netsim.split_round_link_s(p, 4, 1e6, 1e6) == pytest.approx(4 * (0.025 + 0.5) + 0.005 + 1.0)
+
+
+def test_allreduce_ring_and_star() -> None:
+    p = netsim.LinkProfile("t", up_mbps=8.0, down_mbps=8.0, rtt_ms=10.0)
+    assert netsim.allreduce_s(p, 1, 1e6) == 0.0  # one client sends nothing
+    # ring: 2(N-1) hops of P/N bytes, each hop one RTT of latency (two access links)
+    assert netsim.allreduce_s(p, 4, 1e6, "ring") == pytest.approx(6 * (0.01 + 0.25))
+    assert netsim.allreduce_s(p, 4, 1e6, "star") == pytest.approx(0.01 + 1.0 + 1.0)
+    with pytest.raises(ValueError):
+        netsim.allreduce_s(p, 2, 1.0, "tree")
+
+
+def test_link_cost_per_method_and_time_to_target() -> None:
+    p = netsim.PROFILES["wifi"]
+    assert netsim.link_cost(p, "cenlora", 2, 1e6, 1e6, 1e4, 5).whole_run(10) == 0.0
+    fed = netsim.link_cost(p, "fedlora", 2, 0, 0, 1e4, 5)
+    assert fed.per_round_s == 0.0 and fed.per_aggregation_s > 0
+    assert fed.whole_run(11) == pytest.approx(3 * fed.per_aggregation_s)  # rounds at 5, 10 and the last step
+    assert fed.up_to(6) == pytest.approx(fed.per_aggregation_s)  # the loss of step 6 follows one aggregation
+    split = netsim.link_cost(p, "splitlora", 2, 1e5, 1e5, 1e4, 5)
+    assert split.up_to(3) == pytest.approx(3 * split.per_round_s)
+    assert netsim.smooth([4.0, 2.0, 0.0, 2.0], 2) == [4.0, 3.0, 1.0, 1.0]
+    assert netsim.time_to_target([1.0, 2.0, 3.0], [5.0, 3.0, 1.0], 3.0) == 2.0
+    assert netsim.time_to_target([1.0], [5.0], 3.0) is None
+
+
+def test_bench_options_and_job_plan(tmp_path: Path) -> None:
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("clients: 2\nscaling: [1, 4]\ncut-dtypes: [fp32, bf16]\nnet.profile: [lan, 'custom:5:40']\n")
+    a = parse_args(["--config", str(cfg), "--steps", "9"])
+    assert a.steps == 9 and [p.name for p in a.profiles] == ["lan", "custom:5:40"]
+    assert [s.run_id for s in plan_jobs(a)] == [
+        "cenlora-n1", "fedlora-n1", "splitlora-n1", "cenlora-n2", "fedlora-n2", "splitlora-n2",
+        "cenlora-n4", "fedlora-n4", "splitlora-n4", "splitlora-n2-bf16"]
+    cfg.write_text("clients: 2\nbogus: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(cfg)])
+
+
+# ----------------------------------------------------------------------------- a real report
+
+BATCH, SEQ, EVERY, STEPS = 2, 64, 2, 4
+TINY_D, TINY_LAYERS, CUT, R = 64, 4, 3, 4  # the tiny preset; LoRA r 4 on q and v
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from launch.bench import main
+
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["--out", str(out), "--clients", "2", "--steps", str(STEPS), "--warmup", "1", "--batch", str(BATCH),
+               "--seq-len", str(SEQ), "--aggregate-every", str(EVERY), "--eval-examples", "0",
+               "--server-threads", "1", "--client-threads", "1", "--cut-dtypes", "fp32,bf16",
+               "--net.profile", "lan", "4g", "--timeout", "300"])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_report_files_and_schema(report_dir: Path) -> None:
+    for name in ("report.json", "report.md", "phases.png", "bytes.png", "scaling.png", "time_to_target.png",
+                 "cut_dtype.png"):
+        assert (report_dir / name).stat().st_size > 0, name
+    for png in report_dir.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((report_dir / "report.json").read_text())
+    assert {"schema", "machine", "settings", "runs", "comparison", "scaling", "cut_dtype", "network",
+            "plots"} <= set(rep)
+    assert {"platform", "cpu_count", "torch", "device"} <= set(rep["machine"])
+    assert rep["settings"]["threads"]["server_threads"] == 1 and rep["settings"]["threads"]["client_threads"] == 1
+    assert sorted(r["id"] for r in rep["runs"]) == ["cenlora-n2", "fedlora-n2", "splitlora-n2", "splitlora-n2-bf16"]
+    for r in rep["runs"]:
+        assert set(r["groups_ms"]) == {g for g, _ in PHASE_GROUPS}
+        assert all(set(v) == {"median", "p90", "mean"} for v in r["groups_ms"].values())
+        assert r["tokens_per_s"] > 0 and r["epoch_s"] == pytest.approx(42_061 / r["examples_per_s"])
+        assert all(v and v["cpu_rss_mib"] > 0 for v in r["memory"]["ranks"].values())
+        assert len(r["memory"]["ranks"]) == (1 if r["method"] == "cenlora" else 3)
+        assert [c["step"] for c in r["curve"]] == list(range(1, STEPS + 1))
+    md = (report_dir / "report.md").read_text()
+    for heading in ("## Per-phase time per client step", "## Bytes across the cut", "## Scaling",
+                    "## Activation compression", "## Network simulation", "## Checks"):
+        assert heading in md
+    assert rep["machine"]["platform"] in md and "--runtime.server_threads=1" in md
+
+
+@pytest.mark.slow
+def test_phases_add_up_to_the_measured_step_time(report_dir: Path) -> None:
+    rep = json.loads((report_dir / "report.json").read_text())
+    for r in rep["runs"]:
+        assert 0.9 <= r["phase_sum"]["min"] <= r["phase_sum"]["max"] <= 1.1, r["id"]
+        assert all(c > 0.7 for c in r["coverage"].values()), (r["id"], r["coverage"])
+        # Straight from the runtime's records, every step (warm-up included), every client:
+        for line in (report_dir / "runs" / r["dir"] / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("kind") == "step":
+                assert abs(sum(rec["time"].values()) - rec["step_time"]) <= 0.1 * rec["step_time"], (r["id"], rec)
+
+
+@pytest.mark.slow
+def test_bytes_match_the_shapes(report_dir: Path) -> None:
+    rep = json.loads((report_dir / "report.json").read_text())
+    runs = {r["id"]: r for r in rep["runs"]}
+    act = BATCH * SEQ * TINY_D
+    assert runs["splitlora-n2"]["cut"]["down_bytes"] == act * 4  # fp32 activation gradient
+    assert runs["splitlora-n2-bf16"]["cut"]["down_bytes"] == act * 2
+    up_extra = runs["splitlora-n2"]["cut"]["up_bytes"] - act * 4  # targets (int64) + loss mask
+    assert runs["splitlora-n2-bf16"]["cut"]["up_bytes"] == act * 2 + up_extra
+    assert runs["fedlora-n2"]["cut"]["up_bytes"] == 0
+    lora = 2 * (TINY_D * R + R * TINY_D) * 4  # bytes of one block's q and v adapters
+    assert runs["fedlora-n2"]["aggregation"]["up_bytes"] == TINY_LAYERS * lora
+    assert runs["splitlora-n2"]["aggregation"]["up_bytes"] == CUT * lora
+    assert runs["splitlora-n2"]["aggregation"]["rounds"] == STEPS // EVERY
+    c = rep["comparison"]
+    assert c["cut_bytes_theory_2BTd4"] == 2 * act * 4 and c["activations_vs_theory"] == 1.0
+    assert 1.0 < c["bytes_vs_theory"] < 1.1 and c["ratio_split_over_cen_time"] > 0
+
+
+@pytest.mark.slow
+def test_network_simulation_is_kept_apart_and_ordered(report_dir: Path) -> None:
+    rep = json.loads((report_dir / "report.json").read_text())
+    net = rep["network"]
+    assert [p["name"] for p in net["profiles"]] == ["lan", "4g"]
+    res = {(x["profile"], x["run"]): x for x in net["results"]}
+    assert len(res) == 2 * 4
+    runs = {r["id"]: r for r in rep["runs"]}
+    for (_, rid), x in res.items():
+        # the measured column is the run's own clock, untouched by the profile
+        assert x["measured_s_run"] == pytest.approx(runs[rid]["curve"][-1]["elapsed_s"])
+        assert x["curve_x_s"][-1] == pytest.approx(x["measured_s_run"] + x["link_s_run"])
+    assert res[("4g", "cenlora-n2")]["link_s_run"] == 0.0
+    assert res[("4g", "fedlora-n2")]["link_s_per_round"] == 0.0 and res[("4g", "fedlora-n2")]["link_s_run"] > 0
+    for rid in ("splitlora-n2", "splitlora-n2-bf16"):
+        assert res[("4g", rid)]["link_s_run"] > res[("lan", rid)]["link_s_run"] > 0
+    assert res[("4g", "splitlora-n2-bf16")]["link_s_per_round"] < res[("4g", "splitlora-n2")]["link_s_per_round"]
+    assert net["target_loss"] is not None
+    for x in net["results"]:  # the default target is one every run reaches
+        assert x["time_to_target_s"] == pytest.approx(x["time_to_target_measured_s"] + x["time_to_target_link_s"])
