@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 import time
 import traceback
@@ -116,8 +117,9 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
         from runtime.roles import run_cenlora
 
         run_dir = Path(cfg.out.dir) / run_name(cfg)
-        _start(cfg, run_dir, {"world_size": 1}, start_step)
-        summary = run_cenlora(cfg, run_dir, pick_device(cfg, 0), start_step)
+        device = pick_device(cfg, 0)
+        _start(cfg, run_dir, {"world_size": 1, "device": str(device), "host": socket.gethostname()}, start_step)
+        summary = run_cenlora(cfg, run_dir, device, start_step)
         write_json(run_dir / "summary.json", summary)
         _report(run_dir, summary)
         return 0
@@ -137,7 +139,8 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
                             src=1)
     run_dir = Path(str(broadcast_object(str(Path(cfg.out.dir) / run_name(cfg)) if rank == 0 else None, src=0)))
     if world.is_server:
-        _start(cfg, run_dir, {"world_size": world_size, "device": str(world.device),
+        _start(cfg, run_dir, {"world_size": world_size, "device": str(world.device), "host": socket.gethostname(),
+                              "node_rank": os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID")),
                               "data_source": plan.source, "client_samples": plan.counts,
                               "local_steps": plan.local_steps}, start_step)
         summary = run_server(cfg, world, run_dir, plan)

@@ -7,6 +7,7 @@ server for SplitLoRA), strategy hooks around each optimizer step, and every
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
             time.sleep(out["time"]["straggler_sleep"])
         rec = {"kind": "step", "client": world.rank, "step": step, "loss": out["loss"], "t": time.time(),
                "step_time": now() - t0, "tokens": int(batch["loss_mask"].numel()),
+               "examples": int(batch["loss_mask"].shape[0]), "loss_tokens": int(batch["loss_mask"].sum()),
                "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
         rec["tokens_per_s"] = rec["tokens"] / rec["step_time"]
         for k in ("bytes_up", "bytes_down"):
@@ -170,7 +172,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
             stats = collective(lambda r=rounds: strategy.aggregate(ctx, r)).as_dict()
             for k, v in stats.items():
                 comm_total[k] += v
-            buffer.append({"kind": "aggregate", "client": world.rank, "step": step, "round": rounds,
+            buffer.append({"kind": "aggregate", "client": world.rank, "step": step, "round": rounds, "t": time.time(),
                            "strategy": strategy.name, "time": now() - t0, "bytes": stats["up_bytes"], **stats,
                            **{f"cum_{k}": v for k, v in comm_total.items()}})
         if len(buffer) >= LOG_FLUSH:
@@ -195,8 +197,8 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         if cfg.out.save_model:
             save_model(run_dir, whole, cfg, with_base=strategy.modifies_base)
         eval_scores = evaluate_at_end(cfg, whole, run_dir, world.device)
-    summary = {"samples": data.n_samples, "weight": weights[world.client_index], "steps": plan.local_steps,
-               "wall_s": wall, "rank_budget": ctx.rank_budget, "strategy": strategy.name,
+    summary = {"host": socket.gethostname(), "samples": data.n_samples, "weight": weights[world.client_index],
+               "steps": plan.local_steps, "wall_s": wall, "rank_budget": ctx.rank_budget, "strategy": strategy.name,
                "aggregation_rounds": rounds, "aggregation_bytes": comm_total["up_bytes"], "comm": comm_total,
                "val_loss": val, "eval": eval_scores,
                "bytes_up": sum(r.get("bytes_up", 0) for r in records),

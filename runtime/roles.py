@@ -120,7 +120,8 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
         out = stepper.local_step(batch)
         tokens = int(batch["loss_mask"].numel())
         rec = {"kind": "step", "client": 0, "step": step + 1, "loss": out["loss"], "step_time": now() - t0,
-               "t": time.time(),
+               "t": time.time(), "examples": int(batch["loss_mask"].shape[0]),
+               "loss_tokens": int(batch["loss_mask"].sum()),
                "tokens": tokens, "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
         rec["tokens_per_s"] = tokens / rec["step_time"]
         records.append(rec)

@@ -102,7 +102,8 @@ class Stepper:
             "server_bwd": server_times["server_bwd"],
             "cut_down": max(0.0, (back - t2) - server_times["server_bwd"]),
             "client_bwd": t3 - back,
-            "server_opt": t4 - t3,
+            "server_opt": t4 - t3,  # the server_step round trip (incl. the server's own optimizer)
+            "server_opt_compute": server_times["server_opt"],
             "client_opt": t5 - t4,
         }
         # Up: activations + targets + mask; down: the activation gradient (same dtype/shape as `send`).
