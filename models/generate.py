@@ -26,7 +26,10 @@ Semantics are those of transformers ``generate`` (5.x; tests/test_generate.py co
 Unlike transformers: a prompt whose result can no longer change leaves the batch at
 once (transformers computes it until the whole batch is done), left padding never counts
 as a previous token (transformers counts it in the n-gram ban), and the prompt forward
-runs on one row per prompt instead of num_beams.
+runs on one row per prompt instead of num_beams. Other savings per step: only the last
+position reaches the LM head; log-probs come from a row log-sum-exp, not a (R, V)
+log_softmax; candidates from a grouped per-row top-k, not one top-k over beams x vocab;
+the KV cache lives in preallocated buffers (see _BeamKVCache).
 """
 
 from __future__ import annotations
@@ -143,8 +146,8 @@ class _BeamKVCache(KVCache):
     """A ``KVCache`` in preallocated buffers, for decoding.
 
     ``KVCache`` grows by ``torch.cat`` and reorders with ``index_select`` into fresh
-    tensors: two full copies per step plus allocations, the largest cost of a CPU
-    decoding step for GPT-2 small after the matmuls. Here each k or v of a block lives in
+    tensors: two full copies per step, each a fresh allocation (page faults on CPU), a
+    large part of a CPU decoding step for GPT-2 small. Here each k or v of a block lives in
     a (max_rows, nh, capacity, hs) buffer and attention reads the filled (R, nh, T, hs)
     part as a view (each head's keys stay contiguous, which SDPA needs to be fast).
     Appending writes one slice; ``reorder`` copies the filled part once into a spare
