@@ -72,6 +72,10 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
         if own != "server" or cfg.method == "splitlora":
             load_rank(run_dir, start_step, own)  # fail now, cleanly, on a truncated/corrupted file
     validate_for_world(cfg, world_size, model_config(cfg).n_layer)
+    if cfg.data.source == "e2e" or (cfg.data.source == "auto" and (cfg.data.dir or os.environ.get("SPLITLORA_DATA"))):
+        from runtime.data.locate import find_data_dir
+
+        find_data_dir(cfg.data.dir)  # missing data: one clear error on every rank, before any group
     if rank == 0 and cfg.model.name != "tiny" and "--config" not in argv and cfg.train.lr == 5e-3:
         print("splitlora: note: the defaults are a smoke run (lr 5e-3, 40 steps); for the E2E recipe "
               "add --config configs/e2e-recipe.yaml", file=sys.stderr, flush=True)

@@ -22,13 +22,28 @@ def _error_lines(stderr: str) -> list[str]:
     (3, ["--lora.r=0"], "lora.r must be >= 1"),
     (3, ["--data.source=e2e", "--data.dir=/nonexistent/e2e"], "--data.dir"),
 ])
-def test_bad_launch_is_rejected_before_any_group(tmp_path, nproc, args, needle):
+def test_bad_launch_is_rejected_before_any_group(tmp_path, monkeypatch, capsys, nproc, args, needle):
+    """Checked in-process (as every rank does before init_process_group): exit 2, one line."""
+    from launch.train import main
+
+    monkeypatch.setenv("WORLD_SIZE", str(nproc))
+    monkeypatch.setenv("RANK", "1" if nproc > 1 else "0")
+    monkeypatch.delenv("SPLITLORA_DATA", raising=False)
+    rc = main([*args, f"--out.dir={tmp_path}", "--out.name=run", "--data.source=synthetic"]
+              if not any(a.startswith("--data.source") for a in args) else [*args, f"--out.dir={tmp_path}"])
+    assert rc == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing started
+
+
+def test_bad_launch_under_torchrun_ends_every_rank(tmp_path):
     t0 = time.monotonic()
-    run = torchrun(nproc, args, tmp_path, timeout=120)
+    run = torchrun(3, ["--split.cut=4"], tmp_path, timeout=120)
     assert run.rc != 0
     lines = _error_lines(run.stderr)
-    assert lines and all(needle in ln for ln in lines), run.stderr[-2000:]
-    assert not (run.run_dir / "config.json").exists()  # nothing started
+    assert lines and all("split.cut must be in [1, 3]" in ln for ln in lines)  # ranks share one stderr
+    assert not (run.run_dir / "config.json").exists()
     assert time.monotonic() - t0 < 60
 
 
