@@ -161,7 +161,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
                "examples": int(batch["loss_mask"].shape[0]), "loss_tokens": int(batch["loss_mask"].sum()),
                "lr": stepper.sched.get_last_lr()[0], "time": out["time"]}
         rec["tokens_per_s"] = rec["tokens"] / rec["step_time"]
-        for k in ("bytes_up", "bytes_down"):
+        for k in ("bytes_up", "bytes_down", "server_opt_compute"):
             if k in out:
                 rec[k] = out[k]
         records.append(rec)

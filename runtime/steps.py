@@ -103,11 +103,11 @@ class Stepper:
             "cut_down": max(0.0, (back - t2) - server_times["server_bwd"]),
             "client_bwd": t3 - back,
             "server_opt": t4 - t3,  # the server_step round trip (incl. the server's own optimizer)
-            "server_opt_compute": server_times["server_opt"],
             "client_opt": t5 - t4,
         }
         # Up: activations + targets + mask; down: the activation gradient (same dtype/shape as `send`).
         up = tensor_bytes(send, targets, mask)
         down = tensor_bytes(send)
         return {"loss": float(loss.item()), "time": times, "step_time": t5 - t0,
+                "server_opt_compute": server_times["server_opt"],  # inside server_opt: not a phase of its own
                 "bytes_up": up, "bytes_down": down, "activation_bytes": tensor_bytes(send)}
