@@ -25,6 +25,7 @@ def _rows(md: str, section: str) -> list[list[str]]:
             if line.startswith("|")]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_paper_table_smoke_runs_every_method_and_resumes(tmp_path, monkeypatch, capsys):

@@ -76,6 +76,7 @@ def test_two_torchrun_nodes_static_rendezvous_put_the_server_on_node0(tmp_path: 
     assert sorted({r["client"] for r in steps if r.get("kind") == "step"}) == [1, 2, 3]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_srun_rank_env_wrapper_runs_an_uneven_job_on_localhost(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"

@@ -81,6 +81,7 @@ def test_client_killed_without_torchrun_aborts_every_rank(tmp_path):
     assert latest_step(tmp_path / "run") == 2  # the last complete checkpoint is intact
 
 
+@pytest.mark.heavy
 def test_server_killed_ends_every_client(tmp_path):
     procs = spawn_ranks(3, ["--method=fedlora", "--train.max_steps=400", "--runtime.rpc_timeout=30"], tmp_path)
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -96,6 +97,7 @@ def test_server_killed_ends_every_client(tmp_path):
     assert time.monotonic() - t0 < 30  # promptly, not after the 30 s RPC timeout
 
 
+@pytest.mark.heavy
 def test_continue_policy_finishes_without_the_dead_client(tmp_path):
     procs = spawn_ranks(4, ["--train.max_steps=6", "--fed.aggregate_every=2", "--runtime.rpc_timeout=20",
                             "--fed.on_client_failure=continue"], tmp_path, env={"SPLITLORA_INJECT_FAULT": "kill:2:3"})
