@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from runtime.data.e2e import (
@@ -22,20 +19,9 @@ from runtime.data.e2e import (
     write_refs_file,
     write_txt,
 )
-from runtime.data.locate import csv_dir
 from runtime.data.ref_tokenize import tokenize_reference
+from tests.e2e_data import E2E
 
-
-def _e2e_dir() -> Path | None:
-    env = os.environ.get("SPLITLORA_DATA")
-    for cand in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2] / "shared/data/e2e"]:
-        found = csv_dir(cand)
-        if found is not None:
-            return found
-    return None
-
-
-E2E = _e2e_dir()
 LORA_E2E = None if E2E is None else next(
     (d for d in (E2E / "lora-e2e", E2E.parent / "lora-e2e") if (d / "test.txt").is_file()), None)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,27 +15,8 @@ from runtime.data.dataset import (
     length_stats,
 )
 from runtime.data.e2e import E2EItem, load_csv
-from runtime.data.locate import csv_dir
 from runtime.data.tokenizer import EOS_ID, encode
-
-
-def _e2e_dir() -> Path | None:
-    env = os.environ.get("SPLITLORA_DATA")
-    for cand in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2] / "shared/data/e2e"]:
-        found = csv_dir(cand)
-        if found is not None:
-            return found
-    return None
-
-
-E2E = _e2e_dir()
-
-
-def needs_data(fn):
-    """Mark a test as needing the real E2E data and skip it when that is absent."""
-    skip = pytest.mark.skipif(E2E is None, reason="E2E data not found (SPLITLORA_DATA or ../shared/data/e2e)")
-    return pytest.mark.needs_data(skip(fn))
-
+from tests.e2e_data import E2E, needs_data
 
 CTX = "name : Alimentum | area : city centre"
 COMP = "Alimentum is in the city centre ."
