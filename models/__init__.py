@@ -1,1 +1,1 @@
-"""GPT-2, LoRA and the split: plain torch, no torch.distributed, no environment reads."""
+"""GPT-2, LoRA, the split and decoding: plain torch and nn only (no distributed code, no environment reads)."""
