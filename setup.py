@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 REQUIREMENTS = [
     line.strip()
@@ -15,7 +15,8 @@ setup(
     version="0.1.0",
     description="Split federated LoRA fine-tuning of GPT-2 across real processes (RPC + distributed autograd)",
     python_requires=">=3.10",
-    packages=["models", "runtime", "runtime.data", "launch", "metrics"],
+    # Every package under the project's top-level folders: none can be missed by a plain `pip install .`.
+    packages=find_packages(include=["models*", "runtime*", "launch*", "metrics*"]),
     install_requires=REQUIREMENTS,
     extras_require={"dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5"]},
     entry_points={

@@ -38,13 +38,11 @@ def test_bad_launch_is_rejected_before_any_group(tmp_path, monkeypatch, capsys, 
 
 
 def test_bad_launch_under_torchrun_ends_every_rank(tmp_path):
-    t0 = time.monotonic()
-    run = torchrun(3, ["--split.cut=4"], tmp_path, timeout=120)
+    run = torchrun(3, ["--split.cut=4"], tmp_path, timeout=240)  # the bound is the test: no rank hangs
     assert run.rc != 0
     lines = _error_lines(run.stderr)
     assert lines and all("split.cut must be in [1, 3]" in ln for ln in lines)  # ranks share one stderr
     assert not (run.run_dir / "config.json").exists()
-    assert time.monotonic() - t0 < 60
 
 
 def test_missing_data_names_the_variable_and_download_command(tmp_path):
@@ -57,13 +55,15 @@ def test_missing_data_names_the_variable_and_download_command(tmp_path):
 
 @pytest.mark.parametrize("method", ["splitlora", "fedlora"])
 def test_client_raising_mid_step_ends_every_rank(tmp_path, method):
+    # An RPC timeout far above the time bound: a rank that only ended by timing out fails the test, while a
+    # loaded machine (slow start-up) still passes.
     t0 = time.monotonic()
-    run = torchrun(3, [f"--method={method}", "--train.max_steps=30", "--runtime.rpc_timeout=30"], tmp_path,
-                   timeout=150, env={"SPLITLORA_INJECT_FAULT": "raise:2:3"})
+    run = torchrun(3, [f"--method={method}", "--train.max_steps=30", "--runtime.rpc_timeout=600"], tmp_path,
+                   timeout=280, env={"SPLITLORA_INJECT_FAULT": "raise:2:3"})
     elapsed = time.monotonic() - t0
     assert run.rc != 0
     lines = _error_lines(run.stderr)
     assert any("[rank 2]" in ln and "injected fault on rank 2 at step 3" in ln for ln in lines), run.stderr[-3000:]
     assert all("\n" not in ln for ln in lines)
-    assert elapsed < 90  # well within the RPC timeout + start-up; no rank hangs
+    assert elapsed < 280  # well within the 600 s RPC timeout: no rank waited for it
     assert not (run.run_dir / "summary.json").exists()
