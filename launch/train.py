@@ -71,11 +71,19 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
         own = "cenlora" if cfg.method == "cenlora" else ("server" if rank == 0 else f"client{rank}")
         if own != "server" or cfg.method == "splitlora":
             load_rank(run_dir, start_step, own)  # fail now, cleanly, on a truncated/corrupted file
+    if cfg.model.wants_cached_base():
+        from runtime.pretrain import cached_base
+
+        cfg.model.path = str(cached_base(cfg))  # built once per user (file-locked), then reused
     validate_for_world(cfg, world_size, model_config(cfg).n_layer)
     if cfg.data.source == "e2e" or (cfg.data.source == "auto" and (cfg.data.dir or os.environ.get("SPLITLORA_DATA"))):
         from runtime.data.locate import find_data_dir
 
         find_data_dir(cfg.data.dir)  # missing data: one clear error on every rank, before any group
+    if rank == 0 and cfg.model.name == "tiny" and not cfg.model.path and "--config" not in argv:
+        print("splitlora: note: a random tiny base with GPT-2's 50k vocabulary: the loss stays near ln 50257 = 10.8 "
+              "(a plumbing smoke run); for a model that learns on a CPU add --config configs/first-run.yaml",
+              file=sys.stderr, flush=True)
     if rank == 0 and cfg.model.name != "tiny" and "--config" not in argv and cfg.train.lr == 5e-3:
         print("splitlora: note: the defaults are a smoke run (lr 5e-3, 40 steps); for the E2E recipe "
               "add --config configs/e2e-recipe.yaml", file=sys.stderr, flush=True)

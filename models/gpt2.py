@@ -54,6 +54,11 @@ PRESETS: dict[str, GPT2Config] = {
     # A debug model that trains on a laptop CPU in seconds; real vocabulary so the
     # real tokenizer and data pipeline can be used unchanged.
     "tiny": GPT2Config(n_layer=4, n_head=4, n_embd=64, n_positions=512),
+    # Small bases that learn on a CPU, meant for a compact vocabulary (~3.3k ids on E2E; the
+    # run sets vocab_size from its vocabulary map): micro builds in about a minute, mini is the
+    # quality base for comparing methods (launch.pretrain).
+    "micro": GPT2Config(n_layer=4, n_head=4, n_embd=128, n_positions=256),
+    "mini": GPT2Config(n_layer=4, n_head=4, n_embd=256, n_positions=256),
     "gpt2": GPT2Config(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": GPT2Config(n_layer=36, n_head=20, n_embd=1280),

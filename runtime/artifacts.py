@@ -118,8 +118,17 @@ def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Te
 
 
 def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config, with_base: bool = False) -> Path:
-    """Save the whole trained model: LoRA tensors (+ base weights if random or changed) + peft layout."""
+    """Save the whole trained model: LoRA tensors (+ base weights if random or changed) + peft layout.
+
+    Full fine-tuning: the whole model in transformers' layout (config.json + model.safetensors,
+    + vocab_map.json for a compact vocabulary), loadable with ``--model.path``.
+    """
     out = run_dir / "model"
+    if cfg.train.finetune == "full":
+        from runtime.build import run_vocab
+        from runtime.hf_export import save_hf_model
+
+        return save_hf_model(out, model, run_vocab(cfg))
     meta = {"method": cfg.method, "model": cfg.model.name}
     save_tensors(out / "lora.safetensors", lora_state_dict(model), meta)
     if with_base or not cfg.model.path:

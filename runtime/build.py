@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from models.gpt2 import GPT2, GPT2Config, build_config
-from models.lora import LoRAConfig, apply_lora
+from models.lora import LoRAConfig, apply_lora, load_lora_state_dict, lora_state_dict
 from models.split import split_model
 from runtime.config import Config
+from runtime.data.vocab import VocabMap, load_vocab_map
 
 
 def seed_everything(seed: int) -> None:
@@ -38,7 +39,18 @@ def model_config(cfg: Config) -> GPT2Config:
         return GPT2Config(vocab_size=hf["vocab_size"], n_positions=hf["n_positions"], n_embd=hf["n_embd"],
                           n_layer=hf["n_layer"], n_head=hf["n_head"],
                           layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **overrides)
+    vocab = run_vocab(cfg)
+    if vocab is not None:
+        overrides["vocab_size"] = vocab.size
     return build_config(cfg.model.name, **overrides)
+
+
+def run_vocab(cfg: Config) -> VocabMap | None:
+    """The run's compact vocabulary: model.path's vocab_map.json, else model.vocab_map; None = GPT-2's."""
+    vocab = load_vocab_map(cfg.model.path)
+    if vocab is None and cfg.model.vocab_map:
+        vocab = VocabMap.load(cfg.model.vocab_map)
+    return vocab
 
 
 def build_full_model(cfg: Config) -> GPT2:
@@ -47,6 +59,7 @@ def build_full_model(cfg: Config) -> GPT2:
     Every rank builds the same full model and keeps its part: the base weights (random
     init or pretrained) and the LoRA init (A kaiming-uniform, B zeros) then agree across
     ranks without any transfer, and a one-client split run equals CenLoRA exactly.
+    ``train.finetune=full``: no LoRA, every weight trainable.
     """
     seed_everything(cfg.train.seed)
     if cfg.model.path:
@@ -54,9 +67,27 @@ def build_full_model(cfg: Config) -> GPT2:
         model = GPT2.from_pretrained(cfg.model.path, embd_pdrop=drop, attn_pdrop=drop, resid_pdrop=drop)
     else:
         model = GPT2(model_config(cfg))
+    if cfg.train.finetune == "full":
+        return model
     targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
     apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets))
     return model
+
+
+def trained_state(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
+    """What a run trains, by name: the LoRA tensors, or (full fine-tuning) every weight."""
+    if cfg.train.finetune == "full":
+        return {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+    return lora_state_dict(model)
+
+
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: Config) -> None:
+    if cfg.train.finetune == "full":
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if [k for k in missing if k != "lm_head.weight"] or unexpected:
+            raise ValueError(f"saved weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return
+    load_lora_state_dict(model, state, strict=True)
 
 
 def build_split_parts(cfg: Config) -> tuple[GPT2, GPT2]:

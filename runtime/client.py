@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
-from models.lora import load_lora_state_dict, lora_state_dict
+from models.lora import load_lora_state_dict
 from runtime import coordinator, split_server
 from runtime.aggregate import client_weights
 from runtime.artifacts import save_model
-from runtime.build import build_full_model, build_scheduler, set_threads
+from runtime.build import build_full_model, build_scheduler, load_trained_state, set_threads, trained_state
 from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
 from runtime.dist import SERVER, World, abort, world_barrier
@@ -93,7 +93,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
     comm_total = {"up_bytes": 0, "down_bytes": 0, "up_params": 0, "down_params": 0}
     if plan.start_step:
         state = load_rank(run_dir, plan.start_step, name)
-        load_lora_state_dict(module, state["lora"], strict=True)
+        load_trained_state(module, state["lora"], cfg)
         if state.get("base"):
             module.load_state_dict(state["base"], strict=False)
         opt.load_state_dict(state["optimizer"])
@@ -123,7 +123,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
 
     def save_checkpoint(step: int) -> None:
         base = {k: v for k, v in module.state_dict().items() if ".adapters." not in k} if strategy.modifies_base else {}
-        save_rank(run_dir, step, name, {"lora": lora_state_dict(module), "base": base, "optimizer": opt.state_dict(),
+        save_rank(run_dir, step, name, {"lora": trained_state(module, cfg), "base": base, "optimizer": opt.state_dict(),
                                         "scheduler": stepper.sched.state_dict(), "strategy": strategy.state_dict(),
                                         "rounds": rounds, "probe_pos": probe_pos[0], "comm_total": comm_total})
         collective(lambda: dist.barrier(group=ctx.group))  # every client has written its file

@@ -29,15 +29,27 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+PRETRAINED_SIZES = ("micro", "mini")  # presets with a pretrained compact-vocabulary base (launch.pretrain)
+
+
 @dataclass
 class ModelConfig:
-    name: str = "tiny"  # preset: tiny, gpt2, gpt2-medium, gpt2-large
+    name: str = "tiny"  # preset: micro, mini (compact vocabulary), tiny, gpt2, gpt2-medium, gpt2-large
     path: str | None = None  # local HF directory or cache name with real weights
+    # micro/mini without a path: "pretrained" uses (and builds once) their base in the user cache;
+    # "random" initialises them at random (as every other preset without a path).
+    base: str = "pretrained"
+    vocab_map: str | None = None  # vocab_map.json for a random-init model (a model.path's own map wins)
     # The LoRA recipe's GPT-2 has no dropout in the base model; only LoRA dropout.
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.base in ("pretrained", "random"), f"model.base must be pretrained|random, got {self.base!r}")
+
+    def wants_cached_base(self) -> bool:
+        """True when the run must use the cached pretrained base of a micro/mini preset."""
+        return self.name in PRETRAINED_SIZES and not self.path and self.base == "pretrained"
 
 
 @dataclass
@@ -57,6 +69,9 @@ class LoRASection:
 class DataConfig:
     dir: str | None = None  # E2E data root; else $SPLITLORA_DATA, then the user cache
     source: str = "auto"  # auto (E2E if found, else synthetic), e2e, synthetic
+    # finetune: MR -> reference pairs; pretrain: documents made from the training references
+    # alone (plain, copied, and rebuilt from shuffled keyword spans; see runtime/data/pretrain_docs.py)
+    task: str = "finetune"
     seq_len: int = 512  # examples longer than this are truncated
     pad_to_seq_len: bool = False  # True: pad every batch to seq_len (like-for-like with the reference)
     partition: str = "iid"  # iid, contiguous, dirichlet:<alpha>[:<attribute>]
@@ -66,6 +81,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.source in ("auto", "e2e", "synthetic"),
                f"data.source must be auto|e2e|synthetic, got {self.source!r}")
+        _check(self.task in ("finetune", "pretrain"), f"data.task must be finetune|pretrain, got {self.task!r}")
         _check(self.seq_len >= 8, f"data.seq_len must be >= 8, got {self.seq_len}")
         _check(self.max_train_examples >= 0, f"data.max_train_examples must be >= 0, got {self.max_train_examples}")
         _check(self.max_eval_examples >= 0, f"data.max_eval_examples must be >= 0, got {self.max_eval_examples}")
@@ -99,6 +115,7 @@ class SplitConfig:
 
 @dataclass
 class TrainConfig:
+    finetune: str = "lora"  # lora: only adapters train; full: every weight trains (no LoRA)
     batch_size: int = 8  # per client
     max_steps: int = 40  # local steps per client; 0 = run `epochs` full epochs
     epochs: int = 1
@@ -114,6 +131,7 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        _check(self.finetune in ("lora", "full"), f"train.finetune must be lora|full, got {self.finetune!r}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_steps >= 0, f"train.max_steps must be >= 0, got {self.max_steps}")
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
@@ -206,6 +224,7 @@ class EvalConfig:
     batch_size: int = 16  # MRs decoded together
     max_mrs: int = 0  # 0 = every MR of the split
     meteor: bool = True
+    samples: int = 0  # at the end, decode (greedy) and print this many validation MRs' texts
 
     def __post_init__(self) -> None:
         _check(self.split in ("train", "valid", "test"), f"eval.split must be train|valid|test, got {self.split!r}")
@@ -215,6 +234,7 @@ class EvalConfig:
         _check(self.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_mrs >= 0, f"eval.max_mrs must be >= 0, got {self.max_mrs}")
+        _check(self.samples >= 0, f"eval.samples must be >= 0, got {self.samples}")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size must be >= 0")
 
 
@@ -421,6 +441,13 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
                f"fed.client_ranks gives {len(ranks)} rank(s) but there are {world_size - 1} clients")
         _check(max(ranks) <= cfg.lora.r, f"fed.client_ranks: every r_k must be <= r_G = lora.r = {cfg.lora.r}, "
                                          f"got {cfg.fed.client_ranks}")
+    if cfg.train.finetune == "full":
+        _check(cfg.method in ("cenlora", "fedlora"),
+               "train.finetune=full runs with method cenlora or fedlora (a split server's LM head is tied to a "
+               "frozen copy of the client's embedding)")
+        _check(cfg.fed.strategy == "fedavg", "train.finetune=full aggregates with fed.strategy=fedavg (FedAvg of "
+                                            f"full weights); {cfg.fed.strategy!r} is a LoRA method")
+        _check(not ranks, "fed.client_ranks needs LoRA (train.finetune=lora)")
     if cfg.method == "splitlora":
         _check(1 <= cfg.split.cut <= n_layer - 1,
                f"split.cut must be in [1, {n_layer - 1}] for a {n_layer}-block model "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,12 @@ from metrics.e2e import evaluate as score_e2e
 from models.generate import DecodeConfig, beam_search, greedy
 from models.lora import load_lora_state_dict, merge_lora
 from runtime.artifacts import load_model_tensors, write_json
-from runtime.build import build_full_model
+from runtime.build import build_full_model, run_vocab
 from runtime.config import Config
 from runtime.data.e2e import MRGroup, group_by_mr
 from runtime.data.locate import load_splits
 from runtime.data.tokenizer import EOS_ID, load_gpt2_tokenizer
+from runtime.data.vocab import VocabMap, load_vocab_map
 
 REFS_STYLES = ("raw", "tokenized")
 
@@ -36,6 +37,10 @@ REFS_STYLES = ("raw", "tokenized")
 def load_trained_model(cfg: Config, run_dir: Path) -> torch.nn.Module:
     """The whole model of a run: base (pretrained, or the saved random base) + its LoRA."""
     model_dir = run_dir / "model"
+    if cfg.train.finetune == "full":
+        from models.gpt2 import GPT2
+
+        return GPT2.from_pretrained(model_dir, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
     if not (model_dir / "lora.safetensors").is_file():
         raise FileNotFoundError(f"{model_dir}/lora.safetensors not found: was the run finished with "
                                 "out.save_model=true?")
@@ -58,10 +63,19 @@ def mr_groups(cfg: Config, split: str, data_dir: str | None = None) -> tuple[lis
 
 
 def decode_groups(model: torch.nn.Module, groups: list[MRGroup], decode: DecodeConfig, *, batch_size: int,
-                  device: torch.device, model_dir: str | None = None, show_progress: bool = True) -> list[str]:
-    """One hypothesis per MR group, in group order; prompts = BPE(context) + [50256]."""
+                  device: torch.device, model_dir: str | None = None, show_progress: bool = True,
+                  vocab: VocabMap | None = None) -> list[str]:
+    """One hypothesis per MR group, in group order; prompts = BPE(context) + [50256].
+
+    A compact-vocabulary model (``vocab``, else ``vocab_map.json`` in ``model_dir``) gets its
+    prompts and stop ids through the map and its outputs mapped back before detokenising.
+    """
     tok = load_gpt2_tokenizer(model_dir)
+    vocab = vocab if vocab is not None else load_vocab_map(model_dir)
     prompts = [tok.encode(g.context, add_special_tokens=False) + [EOS_ID] for g in groups]
+    if vocab is not None:
+        prompts = [vocab.to_model(p) for p in prompts]
+        decode = replace(decode, stop_tokens=tuple(vocab.to_model(decode.stop_tokens)))
     # Decode similar lengths together: less left padding, same results (tested in models).
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     hyps: list[str] = [""] * len(prompts)
@@ -76,10 +90,27 @@ def decode_groups(model: torch.nn.Module, groups: list[MRGroup], decode: DecodeC
         else:
             outs = beam_search(model, batch, decode)
         for i, out in zip(idx, outs):
-            hyps[i] = " ".join(tok.decode(out).split())  # one line, single spaces
+            ids = vocab.to_gpt2(out) if vocab is not None else out
+            hyps[i] = " ".join(tok.decode(ids).split())  # one line, single spaces
         bar.update(len(idx))
     bar.close()
     return hyps
+
+
+def sample_texts(model: torch.nn.Module, cfg: Config, n: int, device: torch.device) -> list[dict[str, str]]:
+    """Greedy texts for the first ``n`` validation MRs (a glance at what the model writes)."""
+    import copy
+
+    groups, _ = mr_groups(cfg, "valid")
+    groups = groups[:n]
+    model = copy.deepcopy(model).to(device).eval()
+    merge_lora(model)
+    decode = DecodeConfig(num_beams=1, no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
+                          max_new_tokens=cfg.eval.max_new_tokens)
+    with torch.no_grad():
+        hyps = decode_groups(model, groups, decode, batch_size=max(1, n), device=device, model_dir=cfg.model.path,
+                             show_progress=False, vocab=run_vocab(cfg))
+    return [{"mr": g.context, "text": h} for g, h in zip(groups, hyps)]
 
 
 def write_refs(path: Path, refs: list[list[str]]) -> None:
@@ -103,7 +134,7 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, out_dir: Path, *, split:
     merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
     t0 = time.perf_counter()
     hyps = decode_groups(model, groups, decode, batch_size=batch_size, device=device, model_dir=cfg.model.path,
-                         show_progress=show_progress)
+                         show_progress=show_progress, vocab=run_vocab(cfg))
     decode_s = time.perf_counter() - t0
     refs = [list(g.refs) if refs_style == "raw" else [r.strip() for r in g.tok_refs] for g in groups]
     out_dir.mkdir(parents=True, exist_ok=True)

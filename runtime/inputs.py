@@ -11,16 +11,19 @@ proportional to its data.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from runtime.build import run_vocab
 from runtime.config import Config
 from runtime.data.dataset import EncodedExample, collate, encode_items
 from runtime.data.locate import load_splits
 from runtime.data.partition import describe_partition, parse_scheme, partition
+from runtime.data.pretrain_docs import make_docs
 from runtime.data.tokenizer import load_gpt2_tokenizer
 
 
@@ -96,14 +99,20 @@ class ClientData:
 def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientData:
     """Load the training split, partition it for ``n_clients`` and keep shard ``client_index``."""
     splits = load_splits(cfg.data.dir, cfg.data.source, synthetic_seed=cfg.train.seed)
-    train = splits.train
+    train, valid = splits.train, splits.valid
+    if cfg.data.task == "pretrain":  # documents from the references alone (train for training, dev for the loss)
+        train = make_docs([it.completion for it in train], seed=cfg.train.seed)
+        valid = make_docs([it.completion for it in valid], seed=cfg.train.seed + 1)
     if cfg.data.max_train_examples:
         train = train[: cfg.data.max_train_examples]
-    valid = splits.valid[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else []
+    valid = valid[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else []
     tok = load_gpt2_tokenizer(cfg.model.path)
     shards = partition(train, n_clients, cfg.data.partition, seed=cfg.train.seed)
     mine = [train[i] for i in shards[client_index]]
-    info = describe_partition(shards, train, parse_scheme(cfg.data.partition).attribute)
+    info = (describe_partition(shards, train, parse_scheme(cfg.data.partition).attribute)
+            if cfg.data.task == "finetune" else {"kinds": dict(Counter(d.kind for d in mine))})
     max_len = cfg.data.seq_len
-    return ClientData(encode_items(mine, tok, max_len), encode_items(valid, tok, max_len), cfg, client_index,
+    vocab = run_vocab(cfg)  # None: the full GPT-2 vocabulary
+    return ClientData(encode_items(mine, tok, max_len, vocab), encode_items(valid, tok, max_len, vocab), cfg,
+                      client_index,
                       splits.source, [len(s) for s in shards], {"all_clients": info, "note": splits.note})

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from models.lora import load_lora_state_dict, lora_state_dict
+from models.lora import load_lora_state_dict
 from models.loss import model_loss
 from runtime import coordinator, split_server
 from runtime.artifacts import save_model
@@ -21,10 +21,12 @@ from runtime.build import (
     build_full_model,
     build_optimizer,
     build_scheduler,
+    load_trained_state,
     model_config,
     server_thread_count,
     set_threads,
     trainable_parameters,
+    trained_state,
 )
 from runtime.checkpoint import load_rank, mark_latest, save_rank, set_rng_state
 from runtime.config import Config
@@ -68,7 +70,17 @@ def eval_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], de
 
 
 def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: torch.device) -> dict | None:
-    """``--eval.at_end``: decode and score the trained model into the run directory."""
+    """``--eval.at_end``: decode and score the trained model into the run directory;
+    ``--eval.samples N``: print N greedy texts of validation MRs."""
+    if cfg.eval.samples:
+        from runtime.evaluation import sample_texts
+
+        samples = sample_texts(model, cfg, cfg.eval.samples, device)
+        (run_dir / "samples.txt").write_text("".join(f"{s['mr']}\n  -> {s['text']}\n" for s in samples))
+        print("splitlora: samples (greedy, validation MRs):", file=sys.stderr)
+        for s in samples:
+            print(f"  MR:   {s['mr']}\n  text: {s['text']}", file=sys.stderr)
+        sys.stderr.flush()
     if not cfg.eval.at_end:
         return None
     import copy
@@ -107,7 +119,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
                       cfg.train.label_smoothing, cfg.train.grad_clip)
     if plan.start_step:
         state = load_rank(run_dir, plan.start_step, "cenlora")
-        load_lora_state_dict(model, state["lora"], strict=True)
+        load_trained_state(model, state["lora"], cfg)
         opt.load_state_dict(state["optimizer"])
         stepper.sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -127,7 +139,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
         records.append(rec)
         coord.log([rec])
         if plan.checkpoint_due(cfg, step + 1):
-            save_rank(run_dir, step + 1, "cenlora", {"lora": lora_state_dict(model), "optimizer": opt.state_dict(),
+            save_rank(run_dir, step + 1, "cenlora", {"lora": trained_state(model, cfg), "optimizer": opt.state_dict(),
                                                      "scheduler": stepper.sched.state_dict()})
             mark_latest(run_dir, step + 1)
     wall = now() - t_start

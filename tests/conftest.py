@@ -63,3 +63,18 @@ def tiny_model() -> GPT2:
     torch.manual_seed(1)
     cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=3, n_head=4)
     return GPT2(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def pretrained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A micro base pretrained for a few seconds on the synthetic data (compact vocabulary).
+
+    Built once per test session; tests that need a base that has learned something use it.
+    """
+    from runtime.pretrain import pretrain, pretrain_config
+
+    out = tmp_path_factory.mktemp("micro_base")
+    cfg = pretrain_config("micro", ["--data.source=synthetic", "--train.max_steps=120", "--train.warmup_steps=10",
+                                    "--ckpt.every=60", "--data.max_eval_examples=64"])
+    pretrain(cfg, out)
+    return out

@@ -122,8 +122,8 @@ def test_phases_are_recorded_for_every_step(report_dir: Path) -> None:
     for r in rep["runs"]:
         assert r["phase_sum"]["min"] > 0 and r["phase_sum"]["min"] <= r["phase_sum"]["max"], r["id"]
         assert set(r["coverage"]) and all(c > 0 for c in r["coverage"].values()), (r["id"], r["coverage"])
-        steps = [json.loads(line) for line in (report_dir / "runs" / r["dir"] / "metrics.jsonl").read_text().splitlines()]
-        steps = [rec for rec in steps if rec.get("kind") == "step"]
+        lines = (report_dir / "runs" / r["dir"] / "metrics.jsonl").read_text().splitlines()
+        steps = [rec for rec in map(json.loads, lines) if rec.get("kind") == "step"]
         assert steps, r["id"]
         for rec in steps:  # every step, every client: non-negative phases and a positive step time
             assert rec["step_time"] > 0 and rec["time"] and all(v >= 0 for v in rec["time"].values()), (r["id"], rec)

@@ -64,11 +64,13 @@ def _assemble(ctx: Sequence[int], comp: Sequence[int], max_len: int | None) -> E
     return EncodedExample(ids, len(ctx), truncated)
 
 
-def encode_items(items: Sequence, tokenizer=None, max_len: int | None = None) -> list[EncodedExample]:
+def encode_items(items: Sequence, tokenizer=None, max_len: int | None = None, vocab=None) -> list[EncodedExample]:
     """Encode objects with ``.context`` and ``.completion`` (e.g. :class:`E2EItem`).
 
     Tokenises in batched calls (the fast tokenizer runs them in Rust), each distinct
-    context once: the 42k train examples share ~4.9k MRs.
+    context once: the 42k train examples share ~4.9k MRs. ``vocab``: a
+    :class:`runtime.data.vocab.VocabMap` for a compact-vocabulary model; the ids are then
+    model ids (the separator and final id are the map's id of 50256).
     """
     tok = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
     if not items:
@@ -76,7 +78,10 @@ def encode_items(items: Sequence, tokenizer=None, max_len: int | None = None) ->
     unique = list(dict.fromkeys(it.context for it in items))
     ctx_ids = dict(zip(unique, _batch_encode(tok, unique)))
     comps = _batch_encode(tok, [" " + it.completion.rstrip(" ") for it in items])
-    return [_assemble(ctx_ids[it.context], comp, max_len) for it, comp in zip(items, comps)]
+    out = [_assemble(ctx_ids[it.context], comp, max_len) for it, comp in zip(items, comps)]
+    if vocab is not None:
+        out = [EncodedExample(vocab.to_model(e.ids), e.n_context, e.truncated) for e in out]
+    return out
 
 
 def _batch_encode(tok, texts: list[str]) -> list[list[int]]:

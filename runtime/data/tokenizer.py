@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
@@ -63,10 +64,12 @@ def _load_cached(model_dir: str | None) -> PreTrainedTokenizerFast:
             return _wrap(tokenizer_file=str(root / "tokenizer.json"))
         vocab_path, merges_path = root / "vocab.json", root / "merges.txt"
         if not vocab_path.is_file() or not merges_path.is_file():
-            raise FileNotFoundError(
-                f"{root} holds neither tokenizer.json nor vocab.json + merges.txt; "
-                "leave the tokenizer directory unset to use the bundled GPT-2 BPE files"
-            )
+            # Weights only (or a compact-vocabulary model, whose vocab_map.json refers to GPT-2's
+            # ids): GPT-2's own BPE is the tokenizer. Said once per process.
+            if not (root / "vocab_map.json").is_file():
+                print(f"splitlora: note: {root} holds no tokenizer files; using the bundled GPT-2 BPE",
+                      file=sys.stderr, flush=True)
+            vocab_path, merges_path = bundled_bpe_files()
     return _wrap(tokenizer_object=_build_bpe(vocab_path, merges_path))
 
 

@@ -46,6 +46,8 @@ class FedAvg(Strategy):
         if ctx.cuts and len(set(ctx.cuts)) > 1:
             return self._aggregate_by_holders(ctx)
         params = [p for _, a in ctx.adapters() for p in (a.lora_A, a.lora_B)]
+        if not params:  # full fine-tuning (no LoRA): FedAvg of every trained weight
+            params = [p for p in ctx.module.parameters() if p.requires_grad]
         summed = flat_allreduce_sum([p.detach() * ctx.weight for p in params], ctx.group)
         with torch.no_grad():
             for p, s in zip(params, summed):
