@@ -22,6 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "splitlora-train=launch.train:main",
+            "splitlora-pretrain=launch.pretrain:main",
             "splitlora-evaluate=launch.evaluate:main",
             "splitlora-data=launch.data:main",
             "splitlora-bench=launch.bench:main",

@@ -20,6 +20,7 @@ Any other ``--section.key=value`` overrides the recipe (e.g. --train.max_steps=5
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,8 +28,12 @@ from runtime.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtime.config import config_help
+
     p = argparse.ArgumentParser(prog="launch.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Config keys (the recipe sets train.*, data.task=pretrain, "
+                                       "train.finetune=full):\n\n" + config_help())
     p.add_argument("--size", default="mini", help="micro or mini (default mini)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint in OUT/train")
@@ -42,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"splitlora: error: {exc}", file=sys.stderr)
         return 2
-    import os
-
     set_threads(args.threads or os.cpu_count() or 1)
     cfg.runtime.server_threads = args.threads or os.cpu_count() or 1
     meta = pretrain(cfg, Path(args.out), resume=args.resume)

@@ -1,6 +1,8 @@
 """Train with CenLoRA, SplitLoRA or FedLoRA.
 
-    # SplitLoRA, 2 clients + server, tiny GPT-2 on CPU (the offline default):
+    # SplitLoRA, 2 clients + server, on the pretrained micro base (built once, cached), CPU:
+    torchrun --standalone --nproc_per_node=3 -m launch.train --config configs/first-run.yaml
+    # the plumbing smoke defaults (random tiny model; it cannot learn a language):
     torchrun --standalone --nproc_per_node=3 -m launch.train
     # the centralized reference, one process:
     torchrun --standalone --nproc_per_node=1 -m launch.train --method cenlora
@@ -94,14 +96,21 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
+        from runtime.config import config_help
+
         print(__doc__)
+        print("Options (every config key: --section.key=VALUE, or in a --config file):\n")
+        print(config_help())
         return 0
     role = f"rank {os.environ.get('RANK', '0')}"
     from runtime.checkpoint import CheckpointError
 
     try:
         cfg, rank, world_size, start_step = prepare(argv)
-    except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as exc:
+    except ConfigError as exc:
+        # Every rank parses the same command line: one message (rank 0's) is enough.
+        return _fail(role, exc, 2) if os.environ.get("RANK", "0") == "0" else 2
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
         return _fail(role, exc, 2)
     try:
         return _run(cfg, rank, world_size, start_step)

@@ -54,9 +54,9 @@ class ModelConfig:
 
 @dataclass
 class LoRASection:
-    r: int = 4
-    alpha: float = 32.0
-    dropout: float = 0.1
+    r: int = 4  # LoRA rank (r_G, the allocated rank, with fed.client_ranks)
+    alpha: float = 32.0  # LoRA scaling is alpha / r
+    dropout: float = 0.1  # dropout on the LoRA branch input
     targets: str = "q,v"  # comma list of q, k, v, attn_proj, mlp_fc, mlp_proj
 
     def __post_init__(self) -> None:
@@ -118,17 +118,17 @@ class TrainConfig:
     finetune: str = "lora"  # lora: only adapters train; full: every weight trains (no LoRA)
     batch_size: int = 8  # per client
     max_steps: int = 40  # local steps per client; 0 = run `epochs` full epochs
-    epochs: int = 1
+    epochs: int = 1  # passes over the data when max_steps = 0
     lr: float = 5e-3  # smoke-run default for the random tiny model; the E2E recipe uses 2e-4
     warmup_steps: int = 5  # the E2E recipe: 500
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-6
-    label_smoothing: float = 0.1
+    weight_decay: float = 0.01  # AdamW (decoupled) weight decay
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.999  # AdamW beta2
+    eps: float = 1e-6  # AdamW epsilon
+    label_smoothing: float = 0.1  # loss = (1 - eps) NLL + eps mean(-log p over the vocabulary)
     grad_clip: float = 0.0  # 0 = none (the reference recipe clips nothing)
-    seed: int = 110
-    log_every: int = 10
+    seed: int = 110  # model init, data order, partitions and synthetic data
+    log_every: int = 10  # steps between progress-bar loss updates
 
     def __post_init__(self) -> None:
         _check(self.finetune in ("lora", "full"), f"train.finetune must be lora|full, got {self.finetune!r}")
@@ -183,7 +183,7 @@ class RuntimeConfig:
     transport: str = "auto"  # auto (uv on CPU: shm busy-polls), uv, shm
     cuda_cut: str = "host"  # host: cut tensors staged through CPU (works with dist autograd); device_maps
     server_threads: int = 0  # torch threads on the server; 0 = cores left by waiting clients
-    client_threads: int = 1
+    client_threads: int = 1  # torch threads on each client
     # Simulated heterogeneous clients: per-client slow-down factors ("1,1,3": client 3 takes
     # 3x its measured compute time; the extra is slept and logged as time.straggler_sleep).
     client_slowdown: str = ""
@@ -215,15 +215,15 @@ class RuntimeConfig:
 @dataclass
 class EvalConfig:
     at_end: bool = False  # decode + score once training ends (on the first client / cenlora)
-    split: str = "test"
+    split: str = "test"  # E2E split decoded and scored: train, valid, test
     refs_style: str = "raw"  # raw: official references; tokenized: the context||completion files' refs
-    num_beams: int = 10
-    length_penalty: float = 0.8
-    no_repeat_ngram_size: int = 4
-    max_new_tokens: int = 64
+    num_beams: int = 10  # beam width (1 = greedy)
+    length_penalty: float = 0.8  # hypothesis score = sum log p / length ** this
+    no_repeat_ngram_size: int = 4  # ban repeating n-grams of this size (0 = off)
+    max_new_tokens: int = 64  # longest generated completion
     batch_size: int = 16  # MRs decoded together
     max_mrs: int = 0  # 0 = every MR of the split
-    meteor: bool = True
+    meteor: bool = True  # score METEOR too (needs Java)
     samples: int = 0  # at the end, decode (greedy) and print this many validation MRs' texts
 
     def __post_init__(self) -> None:
@@ -248,9 +248,9 @@ class CheckpointConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = "runs"
+    dir: str = "runs"  # where run directories are created
     name: str = ""  # run directory name; empty = <method>-<timestamp>
-    save_model: bool = True
+    save_model: bool = True  # write model/ (trained weights, peft layout) at the end
 
     def __post_init__(self) -> None:
         _check("/" not in self.name, f"out.name must be a plain name, got {self.name!r}")
@@ -258,7 +258,7 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    method: str = "splitlora"
+    method: str = "splitlora"  # cenlora (1 process), splitlora (server + clients), fedlora
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRASection = field(default_factory=LoRASection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -460,3 +460,55 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
                    f"split.client_cuts must all be in [1, {n_layer - 1}], got {cfg.split.client_cuts}")
             _check(cfg.fed.strategy == "fedavg",
                    "split.client_cuts (per-client cuts) is implemented for fed.strategy=fedavg only")
+
+
+# ---------------------------------------------------------------------------- help
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the source: the trailing ``# ...`` of its line, else the comment
+    lines just above it (the config's documentation lives there, next to the values)."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# ").strip())
+            continue
+        name, colon, rest = text.partition(":")
+        if colon and name.isidentifier() and not text.startswith(("def ", "class ", "@")):
+            _, hash_, comment = rest.partition("  #")
+            out[name] = comment.strip() if hash_ else " ".join(above)
+        above = []
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
+        return f"{args[0].__name__} or none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def config_help(cls: type = None, prefix: str = "") -> str:  # type: ignore[assignment]
+    """Every config key with its type, default and meaning, grouped by section."""
+    cls = cls or Config
+    hints, comments, defaults = _field_types(cls), _field_comments(cls), cls()
+    lines, sections = [], []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sections.append(config_help(tp, f"{prefix}{f.name}."))
+            continue
+        default = json.dumps(getattr(defaults, f.name))
+        lines.append(f"  --{prefix}{f.name}={_type_name(tp).upper()}  (default {default})")
+        if comments.get(f.name):
+            lines.append(f"      {comments[f.name]}")
+    head = f"[{prefix.rstrip('.')}]" if prefix else "[top level]"
+    return "\n".join([head, *lines, *(["", *sections] if sections else [])]).rstrip() + "\n"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -160,7 +161,11 @@ def cached_base(cfg: Config) -> Path:
             source = "synthetic"
     pcfg = pretrain_config(cfg.model.name, [f"--data.source={source}", f"--train.seed={cfg.train.seed}"]
                            + ([f"--data.dir={cfg.data.dir}"] if cfg.data.dir else []))
-    key = f"{cfg.model.name}-{source}-seed{cfg.train.seed}-v1"
+    # The recipe and the document mix are part of the key: changing either builds a new base.
+    from runtime.data import pretrain_docs
+
+    recipe = json.dumps([RECIPES[cfg.model.name], pretrain_docs.MIX, FORMAT], sort_keys=True)
+    key = f"{cfg.model.name}-{source}-seed{cfg.train.seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
     out = base_cache_root() / key
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{key}.lock", "w") as lock:

@@ -75,3 +75,30 @@ def test_client_slowdown_and_cuts_are_checked_against_the_world():
         validate_for_world(build_config(["--fed.client_ranks=2"]), 3, 4)
     with pytest.raises(ConfigError, match="r_k must be <= r_G"):
         validate_for_world(build_config(["--fed.client_ranks=2,8", "--lora.r=4"]), 3, 4)
+
+
+def _dotted_keys(cls, prefix=""):
+    import dataclasses
+
+    from runtime.config import _field_types
+
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name
+
+
+def test_help_lists_every_key_with_type_default_and_meaning(capsys):
+    from launch.train import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    keys = list(_dotted_keys(Config))
+    assert len(keys) > 60
+    for key in keys:
+        (i,) = [n for n, line in enumerate(out) if line.strip().startswith(f"--{key}=")]
+        assert "(default " in out[i], key
+        assert out[i + 1].startswith("      ") and len(out[i + 1].strip()) > 5, key  # its one-line meaning
+    assert "[train]" in out and "[model]" in out

@@ -79,6 +79,6 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_model_directory(pretra
 
 def test_full_fine_tuning_is_refused_for_a_split_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("RANK", "0")
     assert train_main(["--method=splitlora", "--train.finetune=full", f"--out.dir={tmp_path}"]) == 2
     assert "train.finetune=full runs with method cenlora or fedlora" in capsys.readouterr().err

@@ -40,7 +40,7 @@ from launch.experiments.paper_numbers import (
 from launch.experiments.tables import DASH, fmt_cell, md_table
 
 STYLES = ("tokenized", "raw")  # tokenized first: the paper's convention
-MODEL_ORDER = ("gpt2", "gpt2-medium", "gpt2-large", "tiny")
+MODEL_ORDER = ("gpt2", "gpt2-medium", "gpt2-large", "mini", "micro", "tiny")
 RECIPE = str(common.REPO / "configs" / "e2e-recipe.yaml")
 # Smoke scale: small enough that the whole recipe runs on a CPU in minutes.
 # The recipe's lr (2e-4 after 500 warm-up steps) would leave a few steps' LoRA at zero:
