@@ -76,43 +76,57 @@ def torch_save(path: Path, obj: Any) -> None:
             tmp.unlink()
 
 
-def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The LoRA of a whole model in Hugging Face peft's layout for GPT-2's fused ``c_attn``.
+# Our whole-module targets and the peft target_modules suffix that names the same Conv1D
+# (GPT-2 has two ``c_proj``: the attention's and the MLP's, so the parent is part of the name).
+_PEFT_SUFFIXES = {"attn.c_proj": "attn.c_proj", "mlp.c_fc": "c_fc", "mlp.c_proj": "mlp.c_proj"}
 
-    peft adapts the whole Conv1D ``c_attn`` (out = 3d) with one rank-R pair. Our q/v
-    adapters are the same map at rank R = (#targets)·r: A stacks the slices' A (R, d),
-    B places each slice's B in its rows of the 3d output and zeros elsewhere (3d, R).
-    peft scales by lora_alpha / R, so lora_alpha = alpha · R / r keeps alpha / r.
-    Only ``c_attn`` targets (q, k, v) are exported this way.
+
+def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The LoRA of a whole model in Hugging Face peft's layout for GPT-2 (Conv1D modules).
+
+    peft adapts the whole fused ``c_attn`` (out = 3d) with one rank-R pair; our q/k/v slice
+    adapters are the same map at rank R = (#slices)·r: A stacks the slices' A (R, d), B
+    places each slice's B in its rows of the 3d output and zeros elsewhere (3d, R). peft
+    scales by lora_alpha / rank, so ``alpha_pattern`` gives c_attn alpha · R / r (same
+    alpha / r). Whole-module targets (attn_proj, mlp_fc, mlp_proj) are exported as they are
+    (peft's lora_A is (r, in), lora_B (out, r), whatever fan_in_fan_out says). Rank masks
+    (HetLoRA/LoRA-A2) are applied to A. Every target is representable; none is dropped.
     """
     groups: dict[str, list[tuple[str, Any]]] = {}
     for name, adapter in iter_lora_adapters(model):
         linear_name, _, slice_name = name.rpartition(".adapters.")
-        if linear_name.endswith("attn.c_attn"):
-            groups.setdefault(linear_name, []).append((slice_name, adapter))
+        groups.setdefault(linear_name, []).append((slice_name, adapter))
     tensors: dict[str, torch.Tensor] = {}
-    rank = 0
-    d = None
+    targets: set[str] = set()
+    rank_pattern: dict[str, int] = {}
+    r = cfg.lora.r
+    order = {"q": 0, "k": 1, "v": 2}
     for linear_name, adapters in groups.items():
-        order = {"q": 0, "k": 1, "v": 2}
-        adapters.sort(key=lambda t: order[t[0]])
-        d = adapters[0][1].lora_A.shape[1]
-        r = adapters[0][1].lora_A.shape[0]
-        rank = r * len(adapters)
-        A = torch.cat([a.lora_A.detach() * a.rank_mask.view(-1, 1) for _, a in adapters], dim=0)  # (R, d)
-        B = torch.zeros(3 * d, rank, dtype=A.dtype)  # (3d, R)
-        for i, (slice_name, a) in enumerate(adapters):
-            s = order[slice_name] * d
-            B[s:s + d, i * r:(i + 1) * r] = a.lora_B.detach().cpu()
         prefix = "base_model.model." + linear_name
-        tensors[f"{prefix}.lora_A.weight"] = A.cpu()
-        tensors[f"{prefix}.lora_B.weight"] = B
+        if linear_name.endswith("attn.c_attn"):
+            adapters.sort(key=lambda t: order[t[0]])
+            d = adapters[0][1].lora_A.shape[1]
+            rank = r * len(adapters)
+            A = torch.cat([a.lora_A.detach().cpu() * a.rank_mask.cpu().view(-1, 1) for _, a in adapters])  # (R, d)
+            B = torch.zeros(3 * d, rank, dtype=A.dtype)  # (3d, R)
+            for i, (slice_name, a) in enumerate(adapters):
+                s = order[slice_name] * d
+                B[s:s + d, i * r:(i + 1) * r] = a.lora_B.detach().cpu()
+            targets.add("c_attn")
+            rank_pattern["c_attn"] = rank
+        else:
+            ((_, a),) = adapters
+            A = a.lora_A.detach().cpu() * a.rank_mask.cpu().view(-1, 1)  # (r, in)
+            B = a.lora_B.detach().cpu()  # (out, r)
+            targets.add(next(v for k, v in _PEFT_SUFFIXES.items() if linear_name.endswith(k)))
+        tensors[f"{prefix}.lora_A.weight"] = A.contiguous()
+        tensors[f"{prefix}.lora_B.weight"] = B.contiguous()
+    rank_pattern = {k: v for k, v in rank_pattern.items() if v != r}
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank,
-        "lora_alpha": cfg.lora.alpha * rank / cfg.lora.r if rank else cfg.lora.alpha,
-        "lora_dropout": cfg.lora.dropout, "target_modules": ["c_attn"], "fan_in_fan_out": True,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": cfg.lora.alpha,
+        "rank_pattern": rank_pattern, "alpha_pattern": {k: cfg.lora.alpha * v / r for k, v in rank_pattern.items()},
+        "lora_dropout": cfg.lora.dropout, "target_modules": sorted(targets), "fan_in_fan_out": True,
         "bias": "none", "base_model_name_or_path": cfg.model.path or cfg.model.name,
-        "splitlora_note": f"q/v slice adapters of rank {cfg.lora.r} re-expressed as one c_attn adapter (exact)",
     }
     return tensors, config
 
