@@ -132,26 +132,33 @@ def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Te
 
 
 def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config, with_base: bool = False) -> Path:
-    """Save the whole trained model: LoRA tensors (+ base weights if random or changed) + peft layout.
+    """Save the whole trained model so that Hugging Face tools load ``run_dir/model`` offline.
 
-    Full fine-tuning: the whole model in transformers' layout (config.json + model.safetensors,
-    + vocab_map.json for a compact vocabulary), loadable with ``--model.path``.
+    LoRA: our ``lora.safetensors`` (+ ``base.safetensors`` when the base is random or was
+    changed, e.g. FLoRA) and the peft adapter. The adapter's base is the unchanged
+    ``--model.path``; otherwise ``model/`` itself also holds the base in transformers'
+    layout (``config.json``, ``model.safetensors``, tokenizer or vocabulary map) and the
+    adapter points there, so ``AutoPeftModelForCausalLM.from_pretrained(run/"model")`` works.
+    Full fine-tuning: the whole model in transformers' layout.
     """
+    from runtime.build import run_vocab
+    from runtime.hf_export import save_hf_base, save_hf_model
+
     out = run_dir / "model"
     if cfg.train.finetune == "full":
-        from runtime.build import run_vocab
-        from runtime.hf_export import save_hf_model
-
         return save_hf_model(out, model, run_vocab(cfg))
     meta = {"method": cfg.method, "model": cfg.model.name}
     save_tensors(out / "lora.safetensors", lora_state_dict(model), meta)
-    if with_base or not cfg.model.path:
+    own_base = with_base or not cfg.model.path
+    if own_base:
         base = {k: v for k, v in model.state_dict().items() if ".adapters." not in k and k != "lm_head.weight"}
         save_tensors(out / "base.safetensors", base, meta)
+        save_hf_base(out, model, run_vocab(cfg))
     tensors, peft_cfg = peft_layout(model, cfg)
-    if tensors:
-        save_tensors(out / "adapter_model.safetensors", tensors)
-        write_json(out / "adapter_config.json", peft_cfg)
+    if own_base:
+        peft_cfg["base_model_name_or_path"] = str(out.resolve())
+    save_tensors(out / "adapter_model.safetensors", tensors)
+    write_json(out / "adapter_config.json", peft_cfg)
     return out
 
 

@@ -37,19 +37,25 @@ def hf_config_dict(cfg: GPT2Config, vocab: VocabMap | None = None) -> dict:
     }
 
 
-def save_hf_model(directory: str | Path, model: nn.Module, vocab: VocabMap | None = None,
-                  dtype_note: str = "float32") -> Path:
-    """Save a whole GPT-2 without LoRA layers (full fine-tuning, pretraining, or merged)."""
+def save_hf_model(directory: str | Path, model: nn.Module, vocab: VocabMap | None = None) -> Path:
+    """Save a whole GPT-2 without LoRA layers (full fine-tuning, pretraining)."""
+    if any(True for _ in iter_lora_linears(model)):
+        raise ValueError("save_hf_model takes a model without LoRA layers (use save_hf_base for a LoRA model)")
+    return save_hf_base(directory, model, vocab)
+
+
+def save_hf_base(directory: str | Path, model: nn.Module, vocab: VocabMap | None = None) -> Path:
+    """Save the base weights of ``model`` (its LoRA layers' frozen weights, adapters left out)
+    in transformers' layout, with transformers' ``config.json`` and the tokenizer: the
+    vocabulary map of a compact model, else GPT-2's BPE files (``vocab.json`` + ``merges.txt``)."""
     from safetensors.torch import save_file
 
-    if any(True for _ in iter_lora_linears(model)):
-        raise ValueError("save_hf_model takes a model without LoRA layers (merge or strip them first)")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for key, value in model.state_dict().items():
-        if key == "lm_head.weight":
-            continue  # tied to transformer.wte.weight
+        if key == "lm_head.weight" or ".adapters." in key:
+            continue  # tied to transformer.wte.weight / the adapters go to the peft files
         t = value.detach().cpu()
         if key.endswith(_CONV1D_SUFFIXES):
             t = t.t()  # Linear (out, in) -> Conv1D (in, out)
@@ -58,4 +64,12 @@ def save_hf_model(directory: str | Path, model: nn.Module, vocab: VocabMap | Non
     (out / "config.json").write_text(json.dumps(hf_config_dict(model.config, vocab), indent=2) + "\n")
     if vocab is not None:
         vocab.save(out)
+    else:
+        import shutil
+
+        from runtime.data.tokenizer import bundled_bpe_files
+
+        encoder, merges = bundled_bpe_files()
+        shutil.copyfile(encoder, out / "vocab.json")
+        shutil.copyfile(merges, out / "merges.txt")
     return out

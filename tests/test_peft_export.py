@@ -28,7 +28,7 @@ def _trained(tmp_path, base, targets: str):
     return run, load_trained_model(config_from_dict({k: v for k, v in saved.items() if k != "launch"}), run).eval()
 
 
-@pytest.mark.parametrize("targets", ["q,v", "q,v,mlp_fc", "q,k,v,attn_proj,mlp_fc,mlp_proj", "mlp_fc,mlp_proj"])
+@pytest.mark.parametrize("targets", ["q,v,mlp_fc", "q,k,v,attn_proj,mlp_fc,mlp_proj", "mlp_fc,mlp_proj"])
 def test_peft_logits_and_merged_logits_equal_ours(pretrained_base, tmp_path, targets):
     run, ours = _trained(tmp_path, pretrained_base, targets)
     adapter_cfg = json.loads((run / "model/adapter_config.json").read_text())
@@ -42,3 +42,41 @@ def test_peft_logits_and_merged_logits_equal_ours(pretrained_base, tmp_path, tar
         assert torch.allclose(model(x).logits, want, atol=1e-5)
         merged = model.merge_and_unload()
         assert torch.allclose(merged(x).logits, want, atol=1e-5)
+
+
+def _ours(run):
+    saved = json.loads((run / "config.json").read_text())
+    return load_trained_model(config_from_dict({k: v for k, v in saved.items() if k != "launch"}), run).eval()
+
+
+def _auto_peft_equals_ours(run) -> None:
+    from peft import AutoPeftModelForCausalLM
+
+    ours = _ours(run)
+    model = AutoPeftModelForCausalLM.from_pretrained(run / "model").eval()  # offline: the base is in model/
+    x = torch.randint(0, ours.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, ours(x), atol=1e-5)
+
+
+def test_a_random_base_run_directory_is_a_peft_model(tmp_path):
+    assert train_main([*FAST, "--model.name=tiny", "--lora.targets=q,v,mlp_fc", f"--out.dir={tmp_path}",
+                       "--out.name=random"]) == 0
+    model_dir = tmp_path / "random" / "model"
+    assert json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        model_dir.resolve())
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= {p.name for p in model_dir.iterdir()}
+    _auto_peft_equals_ours(tmp_path / "random")
+
+
+@pytest.mark.slow
+def test_flora_with_a_model_path_points_its_adapter_at_the_changed_base(pretrained_base, tmp_path):
+    from tests.torchrun_util import torchrun
+
+    run = torchrun(3, [f"--model.path={pretrained_base}", "--method=fedlora", "--fed.strategy=flora",
+                       "--train.max_steps=4", "--fed.aggregate_every=2", "--train.lr=0.02", "--lora.dropout=0"],
+                   tmp_path, timeout=240)
+    assert run.rc == 0, run.stderr[-3000:]
+    base = json.loads((run.run_dir / "model/adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str((run.run_dir / "model").resolve()) != str(pretrained_base)
+    _auto_peft_equals_ours(run.run_dir)
