@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 REQUIREMENTS = [
     line.strip()
     for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#") and not line.startswith(("pytest", "ruff", "peft"))
+    if line.strip() and not line.startswith("#") and not line.startswith(("pytest", "ruff", "peft", "tensorboard"))
 ]
 
 setup(
@@ -18,7 +18,8 @@ setup(
     # Every package under the project's top-level folders: none can be missed by a plain `pip install .`.
     packages=find_packages(include=["models*", "runtime*", "launch*", "metrics*"]),
     install_requires=REQUIREMENTS,
-    extras_require={"dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5", "peft>=0.10"]},
+    extras_require={"dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5", "peft>=0.10", "tensorboard>=2.14"],
+                    "tensorboard": ["tensorboard>=2.14"]},
     entry_points={
         "console_scripts": [
             "splitlora-train=launch.train:main",

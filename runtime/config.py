@@ -251,6 +251,7 @@ class OutputConfig:
     dir: str = "runs"  # where run directories are created
     name: str = ""  # run directory name; empty = <method>-<timestamp>
     save_model: bool = True  # write model/ (trained weights, peft layout) at the end
+    tensorboard: bool = True  # also write TensorBoard event files beside metrics.jsonl (if tensorboard is installed)
 
     def __post_init__(self) -> None:
         _check("/" not in self.name, f"out.name must be a plain name, got {self.name!r}")

@@ -123,7 +123,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
         opt.load_state_dict(state["optimizer"])
         stepper.sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-    writer = MetricsWriter(run_dir / "metrics.jsonl")
+    writer = MetricsWriter(run_dir / "metrics.jsonl", cfg.out.tensorboard)
     coord = coordinator.Coordinator(writer, 1, plan.local_steps - plan.start_step)
     records = []
     t_start = now()
@@ -161,7 +161,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
 
 def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[str, Any]:
     set_threads(server_thread_count(cfg))
-    writer = MetricsWriter(run_dir / "metrics.jsonl")
+    writer = MetricsWriter(run_dir / "metrics.jsonl", cfg.out.tensorboard)
     coord = coordinator.Coordinator(writer, world.n_clients, (plan.local_steps - plan.start_step) * world.n_clients)
     coordinator.install(coord)
     if cfg.method == "splitlora":

@@ -52,20 +52,27 @@ def tensor_bytes(*tensors: torch.Tensor) -> int:
 class MetricsWriter:
     """Appends one JSON object per line; thread-safe (RPC handlers log concurrently)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tensorboard: bool = True) -> None:
+        from runtime.tensorboard import open_mirror
+
         self.path = path
         self._lock = threading.Lock()
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._tb = open_mirror(path.parent, tensorboard)  # event files beside metrics.jsonl, if installed
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True)
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()
+            if self._tb is not None:
+                self._tb.add(record)
 
     def close(self) -> None:
         with self._lock:
             self._fh.close()
+            if self._tb is not None:
+                self._tb.close()
 
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -72,3 +72,18 @@ def test_evaluate_cli_writes_predictions_references_scores(run_dir, tmp_path, st
 def test_evaluate_rejects_a_non_run_directory(tmp_path, capsys):
     assert evaluate_main(["--run", str(tmp_path)]) == 2
     assert "config.json not found" in capsys.readouterr().err
+
+
+def test_tensorboard_events_mirror_the_metrics(run_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = run_dir.glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r["kind"] == "step"]
+    loss = acc.Scalars("loss/client0")
+    assert [e.step for e in loss] == [r["step"] for r in steps]
+    assert [round(e.value, 5) for e in loss] == [round(r["loss"], 5) for r in steps]
+    assert {"lr/client0", "tokens_per_s/client0", "phase_s/fwd/client0", "eval/val_loss"} <= set(acc.Tags()["scalars"])
