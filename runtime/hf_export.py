@@ -13,13 +13,11 @@ from pathlib import Path
 
 from torch import nn
 
-from models.gpt2 import GPT2Config
+from models.gpt2 import _CONV1D_SUFFIXES, GPT2Config  # the four weights transformers keeps as Conv1D
 from models.lora import iter_lora_linears
 from runtime.data.vocab import VocabMap
 
-__all__ = ["hf_config_dict", "save_hf_model"]
-
-_CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+__all__ = ["hf_config_dict", "save_hf_model", "save_hf_base"]
 
 
 def hf_config_dict(cfg: GPT2Config, vocab: VocabMap | None = None) -> dict:
