@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
 from runtime.data.e2e import read_csv
 from runtime.data.tokenizer import EOS_ID, bundled_bpe_files, decode, encode, load_gpt2_tokenizer
 from tests.e2e_data import E2E, needs_data
@@ -41,9 +39,14 @@ def test_model_dir_with_tokenizer_json(tmp_path):
     assert tok.eos_token_id == EOS_ID
 
 
-def test_model_dir_without_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="vocab.json"):
-        load_gpt2_tokenizer(str(tmp_path / "empty"))
+def test_model_dir_without_tokenizer_files_falls_back_to_the_bundled_bpe(tmp_path, capsys):
+    """A weights-only model directory: GPT-2's own BPE, said once (the tokenizer is cached)."""
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    tok = load_gpt2_tokenizer(str(weights_only))
+    assert tok.encode("Hello world", add_special_tokens=False) == [15496, 995]
+    load_gpt2_tokenizer(str(weights_only))
+    assert capsys.readouterr().err.count("holds no tokenizer files; using the bundled GPT-2 BPE") == 1
 
 
 @needs_data
