@@ -95,6 +95,12 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: 
                             decode=decode, batch_size=e.batch_size, max_mrs=e.max_mrs, meteor=e.meteor,
                             device=device)
     print(f"splitlora: eval: {format_scores(record)}", file=sys.stderr, flush=True)
+    from runtime.tensorboard import open_mirror
+
+    mirror = open_mirror(run_dir, cfg.out.tensorboard)
+    if mirror is not None:
+        mirror.add({"kind": "scores", "scores": record["scores"]})
+        mirror.close()
     return record["scores"]
 
 

@@ -3,7 +3,8 @@
 Every record the run writes to ``metrics.jsonl`` is mirrored as scalars, keyed by the
 client's own step: ``loss/client<k>``, ``lr/client<k>``, ``tokens_per_s/client<k>``,
 ``phase_s/<phase>/client<k>``, ``cut_bytes/{up,down}/client<k>``,
-``aggregation/{up,down}_bytes/client<k>`` and ``eval/val_loss``. ``tensorboard --logdir runs``
+``aggregation/{up,down}_bytes/client<k>``, ``eval/val_loss`` and, with ``--eval.at_end``,
+``eval/BLEU`` ... ``eval/CIDEr``. ``tensorboard --logdir runs``
 then shows every run.
 """
 
@@ -34,6 +35,8 @@ class _Mirror:
                        f"aggregation/down_bytes/{who}": rec.get("down_bytes"), f"aggregation/s/{who}": rec.get("time")}
         elif kind == "eval":
             scalars = {"eval/val_loss": rec.get("val_loss")}
+        elif kind == "scores":  # E2E metrics of --eval.at_end
+            scalars = {f"eval/{k}": v for k, v in rec.get("scores", {}).items()}
         for tag, value in scalars.items():
             if isinstance(value, int | float):
                 self.writer.add_scalar(tag, value, step)

@@ -3,6 +3,7 @@ resumes bitwise, decodes and is scored; FedLoRA with full fine-tuning averages w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -27,8 +28,15 @@ def test_compact_split_run_trains_resumes_bitwise_and_is_scored(pretrained_base,
     hyps = (full.run_dir / "predictions.txt").read_text().splitlines()
     assert len(hyps) == 4 and all(h.strip() for h in hyps)
     assert "samples (greedy, validation MRs)" in full.stderr and (full.run_dir / "samples.txt").is_file()
+    if importlib.util.find_spec("tensorboard") is not None:  # the scores reach TensorBoard too
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(full.run_dir))
+        acc.Reload()
+        assert acc.Scalars("eval/BLEU")[0].value == pytest.approx(record["scores"]["BLEU"])
     summary = full.summary()
     assert summary["val_loss"] < 3.0  # a random base of this vocabulary sits near ln(size) ~ 8
+    _peft_equals_ours(full.run_dir, pretrained_base)  # the exported adapter: client + server LoRA
     # Resume the same run from its step-3 checkpoint: the trained model is identical.
     cut = tmp_path / "cut"
     shutil.copytree(full.run_dir, cut)
@@ -38,6 +46,21 @@ def test_compact_split_run_trains_resumes_bitwise_and_is_scored(pretrained_base,
     assert resumed.rc == 0, resumed.stderr[-3000:]
     a, b = load_file(str(full.run_dir / "model/lora.safetensors")), load_file(str(cut / "model/lora.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _peft_equals_ours(run_dir, base_dir) -> None:
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from runtime.config import config_from_dict
+    from runtime.evaluation import load_trained_model
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    ours = load_trained_model(config_from_dict({k: v for k, v in saved.items() if k != "launch"}), run_dir).eval()
+    base = transformers.GPT2LMHeadModel.from_pretrained(base_dir).eval()
+    x = torch.randint(0, ours.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model = peft.PeftModel.from_pretrained(base, run_dir / "model").eval()
+        assert torch.allclose(model(x).logits, ours(x), atol=1e-5)
 
 
 def test_fedlora_full_fine_tuning_averages_whole_models(pretrained_base, tmp_path):
