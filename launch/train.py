@@ -96,7 +96,7 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        from runtime.config import config_help
+        from runtime.config_help import config_help
 
         print(__doc__)
         print("Options (every config key: --section.key=VALUE, or in a --config file):\n")

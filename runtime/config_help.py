@@ -1,0 +1,63 @@
+"""``--help`` for every entry point that takes config overrides, generated from the config tree:
+each key with its type, default and meaning (the comment beside the field in runtime/config.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from runtime.config import Config, _field_types
+
+__all__ = ["config_help"]
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the source: the trailing ``# ...`` of its line, else the comment
+    lines just above it (the config's documentation lives there, next to the values)."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# ").strip())
+            continue
+        name, colon, rest = text.partition(":")
+        if colon and name.isidentifier() and not text.startswith(("def ", "class ", "@")):
+            _, hash_, comment = rest.partition("  #")
+            out[name] = comment.strip() if hash_ else " ".join(above)
+        above = []
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
+        return f"{args[0].__name__} or none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def config_help(cls: type = None, prefix: str = "") -> str:  # type: ignore[assignment]
+    """Every config key with its type, default and meaning, grouped by section."""
+    cls = cls or Config
+    hints, comments, defaults = _field_types(cls), _field_comments(cls), cls()
+    lines, sections = [], []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sections.append(config_help(tp, f"{prefix}{f.name}."))
+            continue
+        default = json.dumps(getattr(defaults, f.name))
+        lines.append(f"  --{prefix}{f.name}={_type_name(tp).upper()}  (default {default})")
+        if comments.get(f.name):
+            lines.append(f"      {comments[f.name]}")
+    head = f"[{prefix.rstrip('.')}]" if prefix else "[top level]"
+    return "\n".join([head, *lines, *(["", *sections] if sections else [])]).rstrip() + "\n"
