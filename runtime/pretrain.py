@@ -138,8 +138,10 @@ def _readme(meta: dict[str, Any]) -> str:
 
 
 def base_cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "splitlora" / "bases"
+    """``$XDG_CACHE_HOME/splitlora/bases`` (beside the data cache of runtime.data.locate)."""
+    from runtime.data.locate import cache_dir
+
+    return cache_dir().parent / "bases"
 
 
 def cached_base(cfg: Config) -> Path:
