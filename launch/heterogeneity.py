@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-STRATEGIES = ("fedavg", "ffa", "lora-a2", "flexlora", "hetlora", "flora")
+STRATEGIES = ("fedavg", "ffa", "lora-a2", "flexlora", "hetlora", "flora", "fedex", "fedsa", "rolora", "frlora")
 SCORES = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
 

@@ -145,7 +145,7 @@ class TrainConfig:
 @dataclass
 class FedConfig:
     aggregate_every: int = 10  # local client steps between client-side aggregations
-    strategy: str = "fedavg"  # fedavg, ffa, lora-a2, flexlora, hetlora, flora
+    strategy: str = "fedavg"  # see runtime/strategies/__init__.py (fedavg, ffa, lora-a2, flora, fedex, ...)
     weighting: str = "samples"  # samples (|D_k| / sum |D|) or uniform
     client_ranks: str = ""  # per-client rank budgets r_k, e.g. "1,2,4"; "" = lora.r for all
     lr_b_ratio: float = 5.0  # LoRA-A2: lr_B = ratio * lr_A (LoRA+)

@@ -286,7 +286,8 @@ def test_lora_a2_full_budget_skips_the_probe():
 
 
 def test_registry_and_options():
-    assert set(STRATEGIES) == {"fedavg", "ffa", "lora-a2", "flexlora", "hetlora", "flora"}
+    assert set(STRATEGIES) == {"fedavg", "ffa", "lora-a2", "flexlora", "hetlora", "flora", "fedex", "fedsa", "rolora",
+                               "frlora"}
     cfg = build_config(["--fed.strategy=lora-a2", "--fed.lr_b_ratio=3", "--fed.probe_steps=7"])
     s = build_strategy(cfg.fed.strategy, cfg.fed)
     assert isinstance(s, LoRAA2) and s.lr_b_ratio == 3.0 and s.probe_steps == 7
