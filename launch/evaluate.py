@@ -2,6 +2,8 @@
 
     python -m launch.evaluate --run runs/splitlora-20261123-120000
     python -m launch.evaluate --run DIR --refs-style tokenized --split valid --max-mrs 50
+    python -m launch.evaluate --run DIR --refs-style tokenized --predictions DIR/eval-raw/predictions.txt \
+        --out DIR/eval-tokenized      # score earlier texts against other references: no decoding
 
 Writes ``predictions.txt``, ``references.txt`` (official format) and ``scores.json``
 into the run directory (or ``--out``). Decoding defaults are the E2E recipe (beam 10,
@@ -26,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="score against the official raw refs or the space-tokenised ones (default: raw)")
     ap.add_argument("--data-dir", default=None, help="E2E data directory (default: the run's data.dir)")
     ap.add_argument("--beams", type=int, default=None)
+    ap.add_argument("--length-penalty", type=float, default=None, help="default: the run's eval.length_penalty")
+    ap.add_argument("--no-repeat-ngram", type=int, default=None,
+                    help="default: the run's eval.no_repeat_ngram_size (0 = off)")
+    ap.add_argument("--predictions", default=None,
+                    help="score this predictions.txt (one text per MR, in the split's MR order) instead of decoding")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--max-mrs", type=int, default=None, help="only the first N MRs (smoke tests)")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs Java)")
@@ -44,14 +51,26 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((run / "config.json").read_text())
         cfg = config_from_dict({k: v for k, v in saved.items() if k != "launch"})
         e = cfg.eval
-        decode = DecodeConfig(num_beams=a.beams or e.num_beams, length_penalty=e.length_penalty,
-                              no_repeat_ngram_size=e.no_repeat_ngram_size, max_new_tokens=e.max_new_tokens)
-        model = load_trained_model(cfg, run)
+        decode = DecodeConfig(
+            num_beams=a.beams or e.num_beams,
+            length_penalty=e.length_penalty if a.length_penalty is None else a.length_penalty,
+            no_repeat_ngram_size=e.no_repeat_ngram_size if a.no_repeat_ngram is None else a.no_repeat_ngram,
+            max_new_tokens=e.max_new_tokens)
+        predictions = None
+        if a.predictions:
+            # predictions.txt: one line per MR; a text may be empty, so keep every line but the last newline's.
+            pred_path = Path(a.predictions)
+            predictions = pred_path.read_text(encoding="utf-8").split("\n")[:-1]
+            source = pred_path.with_name("scores.json")  # how those texts were decoded, when known
+            if source.is_file():
+                made = json.loads(source.read_text())["decode"]
+                decode = DecodeConfig(**{**made, "stop_tokens": tuple(made["stop_tokens"])})
+        model = None if predictions is not None else load_trained_model(cfg, run)
         record = evaluate_model(
             model, cfg, Path(a.out) if a.out else run, split=a.split or e.split,
             refs_style=a.refs_style or e.refs_style, decode=decode, batch_size=a.batch_size or e.batch_size,
             max_mrs=e.max_mrs if a.max_mrs is None else a.max_mrs, data_dir=a.data_dir,
-            meteor=e.meteor and not a.no_meteor, device=torch.device(a.device))
+            meteor=e.meteor and not a.no_meteor, device=torch.device(a.device), predictions=predictions)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"splitlora-evaluate: error: {exc}", file=sys.stderr)
         return 2

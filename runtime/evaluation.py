@@ -118,11 +118,17 @@ def write_refs(path: Path, refs: list[list[str]]) -> None:
     path.write_text("\n\n".join("\n".join(r) for r in refs) + "\n", encoding="utf-8")
 
 
-def evaluate_model(model: torch.nn.Module, cfg: Config, out_dir: Path, *, split: str = "test",
+def evaluate_model(model: torch.nn.Module | None, cfg: Config, out_dir: Path, *, split: str = "test",
                    refs_style: str = "raw", decode: DecodeConfig | None = None, batch_size: int = 16,
                    max_mrs: int = 0, data_dir: str | None = None, meteor: bool = True,
-                   device: torch.device | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Decode, write predictions/references/scores into ``out_dir``, return the scores record."""
+                   device: torch.device | None = None, show_progress: bool = True,
+                   predictions: list[str] | None = None) -> dict[str, Any]:
+    """Decode, write predictions/references/scores into ``out_dir``, return the scores record.
+
+    ``predictions`` (one text per MR group, in group order; e.g. an earlier run's
+    ``predictions.txt``) are scored as they are, without decoding: the other reference
+    style costs no second beam search.
+    """
     if refs_style not in REFS_STYLES:
         raise ValueError(f"refs_style must be one of {REFS_STYLES}, got {refs_style!r}")
     decode = decode or DecodeConfig()
@@ -130,11 +136,18 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, out_dir: Path, *, split:
     groups, source = mr_groups(cfg, split, data_dir)
     if max_mrs:
         groups = groups[:max_mrs]
-    model = model.to(device)
-    merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
     t0 = time.perf_counter()
-    hyps = decode_groups(model, groups, decode, batch_size=batch_size, device=device, model_dir=cfg.model.path,
-                         show_progress=show_progress, vocab=run_vocab(cfg))
+    if predictions is not None:
+        if len(predictions) != len(groups):
+            raise ValueError(f"{len(predictions)} predictions for {len(groups)} MRs of the {split} split")
+        hyps = list(predictions)
+    else:
+        if model is None:
+            raise ValueError("evaluate_model needs a model or predictions")
+        model = model.to(device)
+        merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
+        hyps = decode_groups(model, groups, decode, batch_size=batch_size, device=device,
+                             model_dir=cfg.model.path, show_progress=show_progress, vocab=run_vocab(cfg))
     decode_s = time.perf_counter() - t0
     refs = [list(g.refs) if refs_style == "raw" else [r.strip() for r in g.tok_refs] for g in groups]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +158,7 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, out_dir: Path, *, split:
     record = {"scores": scores, "refs_style": refs_style, "split": split, "n_mrs": len(groups),
               "n_refs": sum(len(r) for r in refs), "data_source": source, "decode": asdict(decode),
               "decode_s": decode_s, "score_s": time.perf_counter() - t1, "method": cfg.method,
+              "rescored": predictions is not None,
               "model": cfg.model.name}
     if source != "e2e":
         record["warning"] = "scored on SYNTHETIC data: not comparable with any published E2E number"

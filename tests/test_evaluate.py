@@ -69,6 +69,29 @@ def test_evaluate_cli_writes_predictions_references_scores(run_dir, tmp_path, st
     assert f"refs {style}" in capsys.readouterr().out
 
 
+def test_rescoring_predictions_equals_decoding_again(run_dir, tmp_path):
+    """--predictions scores earlier texts against the other references without decoding: the
+    scores equal a fresh decode scored against those references, and the decode settings are
+    those the texts were made with."""
+    common = ["--run", str(run_dir), "--max-mrs", "5", "--beams", "2", "--no-meteor"]
+    assert evaluate_main([*common, "--refs-style", "raw", "--out", str(tmp_path / "raw")]) == 0
+    assert evaluate_main([*common, "--refs-style", "tokenized", "--out", str(tmp_path / "tok")]) == 0
+    assert evaluate_main([*common, "--beams", "7", "--refs-style", "tokenized", "--out", str(tmp_path / "re"),
+                          "--predictions", str(tmp_path / "raw" / "predictions.txt")]) == 0
+    fresh, rescored = (json.loads((tmp_path / d / "scores.json").read_text()) for d in ("tok", "re"))
+    assert rescored["scores"] == fresh["scores"] and rescored["rescored"] and not fresh["rescored"]
+    assert rescored["decode"]["num_beams"] == 2  # taken from raw/scores.json, not the ignored --beams 7
+    assert (tmp_path / "re" / "predictions.txt").read_text() == (tmp_path / "raw" / "predictions.txt").read_text()
+
+
+def test_rescoring_refuses_a_predictions_file_of_another_length(run_dir, tmp_path, capsys):
+    preds = tmp_path / "predictions.txt"
+    preds.write_text("one text\nanother\n")
+    assert evaluate_main(["--run", str(run_dir), "--max-mrs", "5", "--no-meteor", "--predictions", str(preds),
+                          "--out", str(tmp_path / "o")]) == 2
+    assert "2 predictions for 5 MRs" in capsys.readouterr().err
+
+
 def test_evaluate_rejects_a_non_run_directory(tmp_path, capsys):
     assert evaluate_main(["--run", str(tmp_path)]) == 2
     assert "config.json not found" in capsys.readouterr().err

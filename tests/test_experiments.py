@@ -136,6 +136,30 @@ def test_cut_rank_sweep_smoke(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.count(": skipped:") == 4
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_cut_rank_sweep_scores_e2e_beside_the_costs(tmp_path, monkeypatch, capsys):
+    """--eval: one beam search per run, scored against both reference styles; BLEU in the table."""
+    monkeypatch.delenv("SPLITLORA_DATA", raising=False)
+    out = tmp_path / "sweep"
+    argv = ["--cuts", "1", "--ranks", "2", "--steps", "2", "--clients", "1", "--batch-size", "4", "--seq-len", "64",
+            "--out", str(out), "--eval", "--beams", "2", "--eval-max-mrs", "3", "--no-meteor",
+            "--data.source=synthetic", "--data.max_train_examples=200", "--data.max_eval_examples=8"]
+    assert cut_rank_sweep.main(argv) == 0
+    assert "raw BLEU" in capsys.readouterr().out
+    rows = _rows((out / "sweep.md").read_text(), "# Cut x rank sweep")
+    assert rows[0][-6:] == ["BLEU raw", "BLEU tok", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
+    row = json.loads((out / "sweep.json").read_text())["rows"][0]
+    raw, tok = row["scores"]["raw"], row["scores"]["tokenized"]
+    assert raw["n_mrs"] == tok["n_mrs"] == 3 and raw["num_beams"] == tok["num_beams"] == 2
+    assert row["bleu_raw"] == raw["BLEU"] and 0 <= raw["BLEU"] <= 1 and raw["METEOR"] is None
+    run = out / "runs" / "cut1-r2"
+    assert json.loads((run / "eval-tokenized" / "scores.json").read_text())["rescored"]
+    texts = [(run / f"eval-{style}" / "predictions.txt").read_text() for style in ("raw", "tokenized")]
+    assert texts[0] == texts[1]
+    assert (out / cut_rank_sweep.BLEU_PLOT).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_finished_run_with_other_settings_is_not_reused(tmp_path, capsys):
     run = tmp_path / "runs" / "cut1-r1"
     run.mkdir(parents=True)

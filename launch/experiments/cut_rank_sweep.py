@@ -17,7 +17,10 @@ For every (cut, rank) it trains SplitLoRA for ``--steps`` local steps per client
 - client peak memory: the largest ``cpu_rss_mib`` (and ``cuda_peak_mib`` on GPU) of the
   clients in ``summary.json``;
 - bytes across the cut per client step: mean of ``bytes_up + bytes_down`` in metrics.jsonl;
-- validation loss after the fixed budget (``summary.json`` ``val_loss``).
+- validation loss after the fixed budget (``summary.json`` ``val_loss``);
+- with ``--eval``: the E2E scores of the trained model on the test split (beam search once,
+  scored against the raw and the tokenized references: ``<run>/eval-raw``, ``eval-tokenized``),
+  so that BLEU stands beside FLOPs, memory and bytes.
 
 Writes ``sweep.md``, ``sweep.json`` and four PNGs into ``--out``; run directories go to
 ``--runs-dir`` (default ``<out>/runs``, logs in its ``logs/``). Finished runs are skipped. Extra
@@ -35,6 +38,8 @@ from typing import Any
 from launch.experiments import common
 from launch.experiments.tables import DASH, fmt_count, md_table
 
+SCORE_STYLES = ("raw", "tokenized")  # raw first: its beam search is the one made; tokenized rescoring it
+BLEU_PLOT = "bleu_vs_rank.png"  # only when the runs were scored (--eval)
 PLOTS = ("client_memory_vs_cut.png", "bytes_vs_cut.png", "loss_vs_rank.png", "client_flops_vs_cut.png")
 
 
@@ -56,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="runs/cut-rank-sweep", help="output directory")
     ap.add_argument("--runs-dir", default=None, help="where the run directories go (default <out>/runs)")
     ap.add_argument("--table-only", action="store_true", help="only rebuild table and plots from the runs")
+    ap.add_argument("--eval", action="store_true", help="decode the E2E test split and score it (BLEU ... CIDEr)")
+    ap.add_argument("--beams", type=int, default=None, help="with --eval: beam width (default: the run's, 10)")
+    ap.add_argument("--eval-max-mrs", type=int, default=None, help="with --eval: only the first N test MRs")
+    ap.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --eval: score METEOR too (needs Java; default on)")
     return ap
 
 
@@ -64,7 +74,7 @@ def train_args(a: argparse.Namespace, cut: int, r: int, extra: list[str]) -> lis
     args += ["--method=splitlora", f"--model.name={a.model}", f"--split.cut={cut}", f"--lora.r={r}",
              f"--train.max_steps={a.steps}", f"--train.batch_size={a.batch_size}", f"--data.seq_len={a.seq_len}",
              "--data.pad_to_seq_len=true", "--runtime.order=round_robin", f"--runtime.device={a.device}",
-             "--eval.at_end=false", "--out.save_model=false"]
+             "--eval.at_end=false", f"--out.save_model={str(a.eval).lower()}"]
     if a.model_path:
         args.append(f"--model.path={a.model_path}")
     return args + extra
@@ -132,8 +142,42 @@ def measure(run_dir: Path, attention: str) -> dict[str, Any] | None:
         "bytes_down_per_step": statistics.fmean(s.get("bytes_down", 0) for s in steps) if steps else None,
         "val_loss": summary.get("val_loss"), "loss_first": summary.get("loss_first"),
         "loss_last": summary.get("loss_last"), "train_wall_s": summary.get("wall_s"),
-        "tokens_per_s": summary.get("tokens_per_s"),
+        "tokens_per_s": summary.get("tokens_per_s"), "scores": (scores := scores_of(run_dir)),
+        "bleu_raw": scores.get("raw", {}).get("BLEU"),
     }
+
+
+def eval_args(a: argparse.Namespace) -> list[str]:
+    """``launch.evaluate`` arguments of one reference style's scoring (the style is added per call)."""
+    args = ["--split", "test", "--device", "cuda" if a.device == "cuda" else "cpu"]
+    args += ["--beams", str(a.beams)] if a.beams else []
+    args += ["--max-mrs", str(a.eval_max_mrs)] if a.eval_max_mrs else []
+    return args + ([] if a.meteor else ["--no-meteor"])
+
+
+def evaluate_run(a: argparse.Namespace, run_dir: Path, logs: Path) -> list[str]:
+    """Decode once (raw refs), rescore the same texts against the tokenized refs; failures by name."""
+    failed = []
+    for style in SCORE_STYLES:
+        args = [*eval_args(a), "--refs-style", style]
+        if style != SCORE_STYLES[0]:
+            args += ["--predictions", str(run_dir / f"eval-{SCORE_STYLES[0]}" / "predictions.txt")]
+        _, rc = common.evaluate(run_dir, run_dir / f"eval-{style}", args, logs / f"{run_dir.name}.eval-{style}.log",
+                                in_process=False)
+        if rc != 0:
+            failed.append(f"{run_dir.name} (evaluation, refs {style})")
+            break
+    return failed
+
+
+def scores_of(run_dir: Path) -> dict[str, Any]:
+    """``{"raw": {...}, "tokenized": {...}}`` of the styles scored so far (empty without --eval)."""
+    found = {}
+    for style in SCORE_STYLES:
+        rec = common.read_json(run_dir / f"eval-{style}" / "scores.json")
+        if rec:
+            found[style] = {**rec["scores"], "n_mrs": rec["n_mrs"], "num_beams": rec["decode"]["num_beams"]}
+    return found
 
 
 def collect(runs_dir: Path, attention: str) -> list[dict[str, Any]]:
@@ -163,10 +207,18 @@ def render(rows: list[dict[str, Any]]) -> str:
               "- **client peak RSS**: largest peak resident memory of a client process (includes the Python/torch "
               "runtime and the whole model each rank builds before keeping its part).",
               "- **bytes/step**: activations up + gradients down (+ targets, mask) per client step, measured.",
-              "- **val loss**: validation loss after the fixed budget.", ""]
+              "- **val loss**: validation loss after the fixed budget."]
+    scored = [r for r in rows if r.get("scores", {}).get("raw")]
+    if scored:
+        s = scored[0]["scores"]["raw"]
+        lines += [f"- **BLEU raw / tokenized** (x100), **NIST**, **METEOR**, **ROUGE_L** (x100), **CIDEr**: E2E "
+                  f"test split, {s['n_mrs']} MRs, beam {s['num_beams']}, against the official raw references "
+                  "(BLEU also against the tokenized ones; one decode scored twice)."]
+    lines += [""]
     cuda = any(r["client_cuda_peak_mib"] is not None for r in rows)
     header = ["cut", "r", "client LoRA params", "client MFLOP/token fwd", "client MFLOP/token fwd+bwd",
               "client peak RSS MiB"] + (["client CUDA peak MiB"] if cuda else []) + ["bytes/step", "val loss"]
+    header += ["BLEU raw", "BLEU tok", "NIST", "METEOR", "ROUGE_L", "CIDEr"] if scored else []
     body = []
     for r in rows:
         row = [str(r["cut"]), str(r["r"]), fmt_count(r["client_lora_params"]),
@@ -174,10 +226,21 @@ def render(rows: list[dict[str, Any]]) -> str:
                _num(r["client_peak_rss_mib"], 1)]
         row += [_num(r["client_cuda_peak_mib"], 1)] if cuda else []
         row += [fmt_count(r["bytes_per_step"]), _num(r["val_loss"], 4)]
+        row += _score_cells(r.get("scores", {})) if scored else []
         body.append(row)
     lines += [md_table(header, body), ""]
     lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in PLOTS), ""]
     return "\n".join(lines)
+
+
+def _score_cells(scores: dict[str, Any]) -> list[str]:
+    raw, tok = scores.get("raw", {}), scores.get("tokenized", {})
+
+    def pct(x: float | None) -> str:
+        return DASH if x is None else f"{100 * x:.2f}"
+
+    return [pct(raw.get("BLEU")), pct(tok.get("BLEU")), _num(raw.get("NIST"), 4), _num(raw.get("METEOR"), 4),
+            pct(raw.get("ROUGE_L")), _num(raw.get("CIDEr"), 4)]
 
 
 def _num(x: float | None, decimals: int) -> str:
@@ -209,6 +272,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
              (PLOTS[1], "bytes_per_step", "cut", "bytes across the cut per step (KiB)", 1 / 1024),
              (PLOTS[2], "val_loss", "r", "validation loss", 1.0),
              (PLOTS[3], "client_flops_per_token_train", "cut", "client MFLOP per token (fwd+bwd)", 1e-6)]
+    if any(r.get("bleu_raw") is not None for r in rows):
+        specs.append((BLEU_PLOT, "bleu_raw", "r", "E2E test BLEU x100 (raw refs)", 100.0))
     written = []
     for name, key, by, ylabel, scale in specs:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -271,10 +336,13 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 failed.append(f"{label} ({common.why_failed(what)})")
                 continue
+            if a.eval:
+                failed += evaluate_run(a, run_dir, runs_dir / "logs")
             row = measure(run_dir, a.attention) or {}
             progress.say(i, label, f"{what}: val loss {_num(row.get('val_loss'), 4)}, "
                          f"{fmt_count(row.get('bytes_per_step'))} B/step, "
-                         f"client {_num(row.get('client_peak_rss_mib'), 0)} MiB")
+                         f"client {_num(row.get('client_peak_rss_mib'), 0)} MiB"
+                         + (f", raw BLEU {_score_cells(row['scores'])[0]}" if row.get("scores") else ""))
     rows = collect(runs_dir, a.attention)  # every finished run there: sweeps accumulate
     out.mkdir(parents=True, exist_ok=True)
     common.write_json(out / "sweep.json", {"argv": argv, "rows": rows})

@@ -275,13 +275,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             summary = common.read_json(run_dir / "summary.json") or {}
             progress.say(i, label, f"training {what}; val loss {_f(summary.get('val_loss'))}")
+            decoded: Path | None = None  # the first style's texts: later styles rescore them
             for style in STYLES:
-                what, rc = common.evaluate(run_dir, run_dir / f"eval-{style}", eval_args(a, style, device),
+                args = eval_args(a, style, device) + (["--predictions", str(decoded)] if decoded else [])
+                what, rc = common.evaluate(run_dir, run_dir / f"eval-{style}", args,
                                            out / "logs" / f"{name}.eval-{style}.log", in_process=a.smoke)
                 scores = common.read_json(run_dir / f"eval-{style}" / "scores.json")
                 if rc != 0 or not scores:
                     failed.append(f"{label} (evaluation, refs {style})")
                     continue
+                decoded = decoded or run_dir / f"eval-{style}" / "predictions.txt"
                 progress.say(i, label, f"refs {style}: evaluation {what}: "
                              f"{fmt_cell(METRICS, to_paper_scale(scores['scores']))}")
     path, records = write_outputs(out, argv)
