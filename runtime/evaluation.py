@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from metrics.e2e import evaluate as score_e2e
+from metrics.slots import slot_copy_rates
 from models.generate import DecodeConfig, beam_search, greedy
 from models.lora import load_lora_state_dict, merge_lora
 from runtime.artifacts import load_model_tensors, write_json
@@ -155,7 +156,9 @@ def evaluate_model(model: torch.nn.Module | None, cfg: Config, out_dir: Path, *,
     write_refs(out_dir / "references.txt", refs)
     t1 = time.perf_counter()
     scores = score_e2e(refs, hyps, meteor=meteor)
-    record = {"scores": scores, "refs_style": refs_style, "split": split, "n_mrs": len(groups),
+    mrs = [g.mr for g in groups]
+    slots = slot_copy_rates(mrs, hyps) if all(mrs) else None  # MR strings exist for E2E and synthetic data
+    record = {"scores": scores, "slots": slots, "refs_style": refs_style, "split": split, "n_mrs": len(groups),
               "n_refs": sum(len(r) for r in refs), "data_source": source, "decode": asdict(decode),
               "decode_s": decode_s, "score_s": time.perf_counter() - t1, "method": cfg.method,
               "rescored": predictions is not None,
@@ -170,5 +173,8 @@ def format_scores(record: dict[str, Any]) -> str:
     s = record["scores"]
     fmt = {"BLEU": "{:.4f}", "NIST": "{:.4f}", "METEOR": "{:.4f}", "ROUGE_L": "{:.4f}", "CIDEr": "{:.4f}"}
     cells = "  ".join(f"{k} {'n/a' if s.get(k) is None else f.format(s[k])}" for k, f in fmt.items())
+    slots = record.get("slots") or {}
+    copied = "  ".join(f"{k} copied {slots[k]:.1%}" for k in ("name", "near") if slots.get(k) is not None)
+    cells += f"  ({copied})" if copied else ""
     return (f"{cells}  [{record['split']} split, {record['n_mrs']} MRs, refs {record['refs_style']}, "
             f"data {record['data_source']}]")

@@ -66,6 +66,7 @@ def test_evaluate_cli_writes_predictions_references_scores(run_dir, tmp_path, st
     assert rec["refs_style"] == style and rec["n_mrs"] == 5 and rec["data_source"] == "synthetic"
     assert set(rec["scores"]) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"} and rec["scores"]["METEOR"] is None
     assert "SYNTHETIC" in rec["warning"]
+    assert rec["slots"]["n_name"] == 5 and 0 <= rec["slots"]["name"] <= 1  # every synthetic MR has a name
     assert f"refs {style}" in capsys.readouterr().out
 
 

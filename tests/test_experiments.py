@@ -91,6 +91,9 @@ def test_paper_table_render_against_paper():
     assert rows[4] == ["", "", "diff", "+0.21/-0.0259/+.0028/+0.16/+0.0089"]
     raw = _rows(md, "## refs_style = raw")
     assert raw[2][3] == "–" and raw[3][3] == "68.79/8.7259/.4572/69.84/2.4411" and raw[4][3] == "–"
+    assert _rows(md, "## Runs")[2][-1] == "–"  # no slot rates recorded
+    copied = _rows(paper_table.render([{**rec, "slots": {"name": 0.9825, "near": 0.5}}]), "## Runs")
+    assert copied[0][-1] == "name / near copied" and copied[2][-1] == "98.2 % / 50.0 %"
 
 
 def test_paper_numbers_complete():
