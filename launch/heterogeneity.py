@@ -14,9 +14,13 @@ For every partition × strategy × rank it runs ``launch.train`` under torchrun 
 Rank r means ``--lora.r r`` for every client (homogeneous: r_k = r_G = r); with
 ``--global-rank G`` it means the budget r_k = r of every client with r_G = G
 (``--lora.r G --fed.client_ranks r,...,r``), the LoRA-A2 paper's setting, where rank selection
-and FlexLoRA's truncation actually bite. Runs use ``--runtime.order=round_robin`` (reproducible);
-anything after ``--`` is passed to every run verbatim and overrides it.
+and FlexLoRA's truncation actually bite. A rank written ``1/2/4`` is a mixed budget, one rank
+per client (``--fed.client_ranks 1,2,4``; needs ``--global-rank``). Runs use
+``--runtime.order=round_robin`` (reproducible); anything after ``--`` is passed to every run
+verbatim and overrides it.
 
+    # LoRA-A2's budget study: r_G = 8, homogeneous budgets 1 and 8, mixed budgets 1/2/4:
+    python -m launch.heterogeneity --global-rank 8 --ranks 1,8,1/2/4 --clients 3 --out runs/budgets
     # the default grid on the tiny random model and synthetic data (a smoke study):
     python -m launch.heterogeneity --out runs/hetero
     # GPT-2 S on E2E, FedLoRA, 3 clients, a real budget, with E2E scores at the end:
@@ -52,7 +56,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--method", default="splitlora", choices=("splitlora", "fedlora"))
     p.add_argument("--partitions", default="iid,dirichlet:0.5,dirichlet:0.01", help="comma list of --data.partition")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list of --fed.strategy")
-    p.add_argument("--ranks", default="1,2,4,8", help="comma list of ranks")
+    p.add_argument("--ranks", default="1,2,4,8",
+                   help="comma list of ranks; a/b/c = a mixed budget, one rank per client (needs --global-rank)")
     p.add_argument("--global-rank", type=int, default=0, help="r_G; 0 = each rank is lora.r itself")
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--steps", type=int, default=40, help="local steps per client (--train.max_steps)")
@@ -64,20 +69,47 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     a = p.parse_args(argv)
     a.partitions = [x for x in a.partitions.split(",") if x]
     a.strategies = [x for x in a.strategies.split(",") if x]
-    a.ranks = [int(x) for x in a.ranks.split(",") if x]
+    try:
+        a.ranks = [parse_budget(x) for x in a.ranks.split(",") if x]
+    except ValueError:
+        p.error(f"--ranks: integers or a/b/c budgets, got {a.ranks!r}")
     bad = sorted(set(a.strategies) - set(STRATEGIES))
     if bad:
         p.error(f"unknown strategies {bad}; known: {', '.join(STRATEGIES)}")
-    if a.global_rank and max(a.ranks) > a.global_rank:
+    mixed = [r for r in a.ranks if isinstance(r, tuple)]
+    if mixed and not a.global_rank:
+        p.error("a mixed budget (a/b/c) needs --global-rank")
+    if any(len(r) != a.clients for r in mixed):
+        p.error(f"a mixed budget needs one rank per client ({a.clients})")
+    if a.global_rank and max(max(budget_ranks(r)) for r in a.ranks) > a.global_rank:
         p.error(f"every rank must be <= --global-rank {a.global_rank}")
     return a, extra
 
 
-def run_name(partition: str, strategy: str, rank: int) -> str:
-    return f"{partition.replace(':', '')}-{strategy}-r{rank}"
+Budget = int | tuple[int, ...]  # one rank for every client, or one per client
 
 
-def train_args(a: argparse.Namespace, partition: str, strategy: str, rank: int) -> list[str]:
+def parse_budget(text: str) -> Budget:
+    """``"4"`` -> 4; ``"1/2/4"`` -> (1, 2, 4)."""
+    parts = [int(x) for x in text.strip().split("/")]
+    if any(x < 1 for x in parts):
+        raise ValueError(text)
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def budget_ranks(rank: Budget, clients: int = 1) -> list[int]:
+    return list(rank) if isinstance(rank, tuple) else [rank] * clients
+
+
+def budget_label(rank: Budget) -> str:
+    return "/".join(str(r) for r in budget_ranks(rank))
+
+
+def run_name(partition: str, strategy: str, rank: Budget) -> str:
+    return f"{partition.replace(':', '')}-{strategy}-r{budget_label(rank).replace('/', '-')}"
+
+
+def train_args(a: argparse.Namespace, partition: str, strategy: str, rank: Budget) -> list[str]:
     """The ``launch.train`` overrides of one cell of the grid."""
     # round_robin: the server applies client steps in a fixed order, so the runs are
     # reproducible and the cells differ by strategy, not by arrival order (override after --).
@@ -85,7 +117,8 @@ def train_args(a: argparse.Namespace, partition: str, strategy: str, rank: int) 
             f"--fed.strategy={strategy}", f"--train.max_steps={a.steps}", f"--fed.aggregate_every={a.aggregate_every}",
             "--runtime.order=round_robin"]
     if a.global_rank:
-        args += [f"--lora.r={a.global_rank}", f"--fed.client_ranks={','.join([str(rank)] * a.clients)}"]
+        args += [f"--lora.r={a.global_rank}",
+                 f"--fed.client_ranks={','.join(str(r) for r in budget_ranks(rank, a.clients))}"]
     else:
         args += [f"--lora.r={rank}"]
     if a.eval:
@@ -93,11 +126,12 @@ def train_args(a: argparse.Namespace, partition: str, strategy: str, rank: int) 
     return args
 
 
-def run_one(a: argparse.Namespace, extra: list[str], partition: str, strategy: str, rank: int) -> dict[str, Any]:
+def run_one(a: argparse.Namespace, extra: list[str], partition: str, strategy: str, rank: Budget) -> dict[str, Any]:
     out = Path(a.out) / "runs"
     name = run_name(partition, strategy, rank)
     run_dir = out / name
-    row: dict[str, Any] = {"partition": partition, "strategy": strategy, "rank": rank, "run_dir": str(run_dir)}
+    row: dict[str, Any] = {"partition": partition, "strategy": strategy, "rank": budget_label(rank),
+                           "run_dir": str(run_dir)}
     if not (a.skip_done and (run_dir / "summary.json").is_file()):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.clients + 1}",
                "-m", "launch.train", *train_args(a, partition, strategy, rank), f"--out.dir={out}",
@@ -121,8 +155,15 @@ def run_one(a: argparse.Namespace, extra: list[str], partition: str, strategy: s
         ups = [c.get("comm", {}).get("up_bytes", 0) for c in clients.values()]
         row.update(val_loss=val, ppl=math.exp(val) if val is not None and val < 700 else None,
                    up_bytes_per_client=sum(ups) / len(ups) if ups else None, wall_s=s.get("wall_s"),
-                   eval=s.get("eval"))
+                   eval=s.get("eval"), slots=(read_json(run_dir / "scores.json") or {}).get("slots"))
     return row
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -132,12 +173,12 @@ def _fmt(x: float | None, spec: str) -> str:
 def markdown_table(rows: list[dict[str, Any]], with_eval: bool) -> str:
     head = ["partition", "strategy", "rank", "val loss", "ppl", "up / client (KB)"]
     if with_eval:
-        head += list(SCORES)
+        head += [*SCORES, "name / near copied"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("rc", 1) != 0 or r.get("val_loss") is None:
             cells = [r["partition"], r["strategy"], str(r["rank"]), f"failed: {r.get('error', '?')[:60]}", "", ""]
-            cells += [""] * (len(SCORES) if with_eval else 0)
+            cells += [""] * (len(SCORES) + 1 if with_eval else 0)
         else:
             up = r.get("up_bytes_per_client")
             cells = [r["partition"], r["strategy"], str(r["rank"]), _fmt(r["val_loss"], ".4f"), _fmt(r["ppl"], ".2f"),
@@ -145,11 +186,15 @@ def markdown_table(rows: list[dict[str, Any]], with_eval: bool) -> str:
             if with_eval:
                 ev = r.get("eval") or {}
                 cells += [_fmt(ev.get(k), ".4f") for k in SCORES]
+                sl = r.get("slots") or {}
+                cells.append(f"{_fmt(sl.get('name'), '.1%')} / {_fmt(sl.get('near'), '.1%')}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], partitions: list[str], strategies: list[str], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], partitions: list[str], strategies: list[str], labels: list[str],
+         path: Path) -> None:
+    """Validation loss per budget (x: the budgets in ``labels`` order, evenly spaced), a line per strategy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,14 +203,15 @@ def plot(rows: list[dict[str, Any]], partitions: list[str], strategies: list[str
     fig, axes = plt.subplots(1, len(partitions), figsize=(4.5 * len(partitions), 3.8), squeeze=False, sharey=True)
     for ax, part in zip(axes[0], partitions):
         for i, strategy in enumerate(strategies):
-            pts = sorted((r["rank"], r["val_loss"]) for r in rows
+            pts = sorted((labels.index(r["rank"]), r["val_loss"]) for r in rows
                          if r["partition"] == part and r["strategy"] == strategy and r.get("val_loss") is not None)
             if pts:  # distinct markers and widths: identical curves (e.g. HetLoRA = FedAvg at r_k = r_G) stay visible
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dvx"[i % 6], label=strategy,
-                        linewidth=max(0.8, 3.2 - 0.45 * i), markersize=max(3.0, 8 - i))
-        ax.set_xscale("log", base=2)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dvx<>ph*"[i % 11], label=strategy,
+                        linewidth=max(0.8, 3.2 - 0.3 * i), markersize=max(3.0, 8 - 0.5 * i))
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels)
         ax.set_title(part)
-        ax.set_xlabel("rank")
+        ax.set_xlabel("rank (a/b/c: one per client)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation loss")
     axes[0][-1].legend(fontsize=8)
@@ -183,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps({"args": vars(a), "extra": extra, "rows": rows}, indent=2))
     table = markdown_table(rows, a.eval)
     (out / "table.md").write_text(table)
-    plot(rows, a.partitions, a.strategies, out / "plot.png")
+    plot(rows, a.partitions, a.strategies, [budget_label(r) for r in a.ranks], out / "plot.png")
     print(table)
     failed = sum(1 for r in rows if r.get("rc") != 0)
     print(f"heterogeneity: {len(rows) - failed}/{len(rows)} runs ok; table {out / 'table.md'}, plot {out / 'plot.png'}",

@@ -326,5 +326,5 @@ def test_heterogeneity_grid_args_and_table():
             {"partition": "iid", "strategy": "flora", "rank": 2, "rc": 1, "error": "boom"}]
     table = markdown_table(rows, with_eval=True).splitlines()
     assert table[0].startswith("| partition | strategy | rank | val loss | ppl | up / client (KB) | BLEU")
-    assert table[2] == "| iid | ffa | 2 | 2.0000 | 7.39 | 2.0 | 0.5000 | – | – | – | – |"
+    assert table[2] == "| iid | ffa | 2 | 2.0000 | 7.39 | 2.0 | 0.5000 | – | – | – | – | – / – |"
     assert "failed: boom" in table[3]
