@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length-penalty", type=float, default=None, help="default: the run's eval.length_penalty")
     ap.add_argument("--no-repeat-ngram", type=int, default=None,
                     help="default: the run's eval.no_repeat_ngram_size (0 = off)")
+    ap.add_argument("--repeat-scope", choices=("generated", "sequence"), default=None,
+                    help="what the n-gram ban sees: the output only (recipe) or the prompt too (transformers); "
+                         "default: the run's eval.repeat_scope")
     ap.add_argument("--predictions", default=None,
                     help="score this predictions.txt (one text per MR, in the split's MR order) instead of decoding")
     ap.add_argument("--batch-size", type=int, default=None)
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             num_beams=a.beams or e.num_beams,
             length_penalty=e.length_penalty if a.length_penalty is None else a.length_penalty,
             no_repeat_ngram_size=e.no_repeat_ngram_size if a.no_repeat_ngram is None else a.no_repeat_ngram,
-            max_new_tokens=e.max_new_tokens)
+            max_new_tokens=e.max_new_tokens, repeat_scope=a.repeat_scope or e.repeat_scope)
         predictions = None
         if a.predictions:
             # predictions.txt: one line per MR; a text may be empty, so keep every line but the last newline's.
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             source = pred_path.with_name("scores.json")  # how those texts were decoded, when known
             if source.is_file():
                 made = json.loads(source.read_text())["decode"]
+                made.setdefault("repeat_scope", "sequence")  # texts decoded before the option existed
                 decode = DecodeConfig(**{**made, "stop_tokens": tuple(made["stop_tokens"])})
         model = None if predictions is not None else load_trained_model(cfg, run)
         record = evaluate_model(

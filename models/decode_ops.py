@@ -8,12 +8,13 @@ from torch import Tensor
 
 
 def _penalise_repeats(
-    scores: Tensor, hist: Tensor, pad: Tensor, penalty: float, offset: Tensor | None
+    scores: Tensor, hist: Tensor, start: Tensor, penalty: float, offset: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """CTRL repetition penalty on every token of ``hist`` (R, L) that is not padding."""
+    """CTRL repetition penalty on every token of ``hist`` (R, L) from column ``start`` (R,)
+    on (before it: left padding, or padding and prompt)."""
     R, L = hist.shape
     rows = torch.arange(R, device=hist.device)[:, None].expand(R, L)
-    real = torch.arange(L, device=hist.device)[None, :] >= pad[:, None]  # (R, L)
+    real = torch.arange(L, device=hist.device)[None, :] >= start[:, None]  # (R, L)
     rows, toks = rows[real], hist[real]  # (n,) each; repeats write the same value
     shift = 0.0 if offset is None else offset[rows]
     vals = scores[rows, toks] - shift
@@ -21,8 +22,9 @@ def _penalise_repeats(
     return rows, toks
 
 
-def _ban_repeated_ngrams(scores: Tensor, hist: Tensor, pad: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Set to -inf every token that would complete an n-gram already in ``hist`` (R, L).
+def _ban_repeated_ngrams(scores: Tensor, hist: Tensor, start: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Set to -inf every token that would complete an n-gram already in ``hist`` (R, L) at or
+    after column ``start`` (R,) (before it: left padding, or padding and prompt).
 
     The last n - 1 tokens are matched against the first n - 1 of every n-gram window in
     one tensor comparison (R, W, n - 1); a matching window bans its last token.
@@ -32,7 +34,7 @@ def _ban_repeated_ngrams(scores: Tensor, hist: Tensor, pad: Tensor, n: int) -> t
         return hist.new_zeros(0), hist.new_zeros(0)
     windows = hist.unfold(1, n, 1)  # (R, W = L - n + 1, n)
     match = (windows[:, :, :-1] == hist[:, L - n + 1 :][:, None, :]).all(-1)  # (R, W)
-    match &= torch.arange(L - n + 1, device=hist.device)[None, :] >= pad[:, None]  # window all real
+    match &= torch.arange(L - n + 1, device=hist.device)[None, :] >= start[:, None]  # window all looked at
     r, w = match.nonzero(as_tuple=True)
     banned = windows[r, w, -1]
     scores[r, banned] = float("-inf")

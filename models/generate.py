@@ -18,10 +18,14 @@ Semantics are those of transformers ``generate`` (5.x; tests/test_generate.py co
   finished hypotheses and its best running beam, scored at the current length, cannot
   beat the worst of them; True: done at num_beams finished hypotheses; "never": as
   False, but a positive length penalty scores the running beam at max_new_tokens;
-- no-repeat-ngram bans any token that would complete an n-gram already in the sequence,
-  prompt included; repetition penalty (CTRL) multiplies a score < 0 by the penalty and
-  divides a score >= 0 by it, for every token already in the sequence, prompt included.
-  Like transformers, beam search applies both to log-probs, greedy to logits.
+- no-repeat-ngram bans any token that would complete an n-gram already in the sequence;
+  repetition penalty (CTRL) multiplies a score < 0 by the penalty and divides a score >= 0
+  by it, for every token already in the sequence. "The sequence" is ``repeat_scope``:
+  ``"sequence"`` = prompt included (transformers), ``"generated"`` = the generated tokens
+  only (the default: the E2E recipe's reference decoder, microsoft/LoRA ``gpt2_beam.py``,
+  keeps only generated tokens in the history it bans from; with the prompt included, a
+  4-gram ban forbids copying any MR value of 4 or more BPE tokens, e.g. "Raja Indian
+  Cuisine"). Like transformers, beam search applies both to log-probs, greedy to logits.
 
 Unlike transformers: a prompt whose result can no longer change leaves the batch at
 once (transformers computes it until the whole batch is done), left padding never counts
@@ -58,6 +62,9 @@ __all__ = ["DecodeConfig", "beam_search", "greedy"]
 _EMPTY_SLOT = -1.0e9
 
 
+REPEAT_SCOPES = ("generated", "sequence")
+
+
 @dataclass
 class DecodeConfig:
     """Beam-search settings; the defaults are the E2E recipe (REFERENCE.md §2).
@@ -74,6 +81,7 @@ class DecodeConfig:
     stop_tokens: tuple[int, ...] = (50256, 628)
     max_new_tokens: int = 64
     early_stopping: bool | str = False
+    repeat_scope: str = "generated"  # what the n-gram ban / repetition penalty see: generated | sequence
 
     def __post_init__(self) -> None:
         def bad(name: str, what: str) -> ValueError:
@@ -100,6 +108,8 @@ class DecodeConfig:
         self.stop_tokens = tuple(dict.fromkeys(stops))  # de-duplicated, order kept
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise bad("early_stopping", "False, True or 'never'")
+        if self.repeat_scope not in REPEAT_SCOPES:
+            raise bad("repeat_scope", " or ".join(repr(x) for x in REPEAT_SCOPES))
 
 
 Decodable = nn.Module | Sequence[nn.Module]
@@ -133,6 +143,7 @@ def greedy(
     *,
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
+    repeat_scope: str = "generated",
     keep_stop_token: bool = False,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt; arguments as for ``beam_search``."""
@@ -140,6 +151,7 @@ def greedy(
         num_beams=1,
         no_repeat_ngram_size=no_repeat_ngram_size,
         repetition_penalty=repetition_penalty,
+        repeat_scope=repeat_scope,
         stop_tokens=tuple(stop_tokens),
         max_new_tokens=max_new_tokens,
     )
@@ -246,6 +258,7 @@ class _Stepper:
         rows = [[0] * (T - len(p)) + [int(t) for t in p] for p in self.prompts]
         self.hist = torch.tensor(rows, device=device)  # (B, T), left-padded with 0
         self.pad = torch.tensor([T - len(p) for p in self.prompts], device=device)  # (B,)
+        self.prompt_width = T  # generated tokens start at this column of hist, in every row
         has_pad = int(self.pad.max()) > 0
         self.mask = torch.arange(T, device=device)[None, :] >= self.pad[:, None] if has_pad else None  # (B, T)
         return self._forward(self.hist)
@@ -278,12 +291,14 @@ class _Stepper:
         ``scores`` are logits and ``offset`` their log-sum-exp).
         """
         none = self.hist.new_zeros(0)
+        # First column each row's penalties look at (R,): after the padding, or after the prompt.
+        start = self.pad if cfg.repeat_scope == "sequence" else torch.full_like(self.pad, self.prompt_width)
         rep = none, none
         if cfg.repetition_penalty != 1.0:
-            rep = _penalise_repeats(scores, self.hist, self.pad, cfg.repetition_penalty, offset)
+            rep = _penalise_repeats(scores, self.hist, start, cfg.repetition_penalty, offset)
         ban = none, none
         if cfg.no_repeat_ngram_size > 0:
-            ban = _ban_repeated_ngrams(scores, self.hist, self.pad, cfg.no_repeat_ngram_size)
+            ban = _ban_repeated_ngrams(scores, self.hist, start, cfg.no_repeat_ngram_size)
         return torch.cat([rep[0], ban[0]]), torch.cat([rep[1], ban[1]])
 
 

@@ -220,6 +220,8 @@ class EvalConfig:
     num_beams: int = 10  # beam width (1 = greedy)
     length_penalty: float = 0.8  # hypothesis score = sum log p / length ** this
     no_repeat_ngram_size: int = 4  # ban repeating n-grams of this size (0 = off)
+    # what the n-gram ban sees: generated = the output only (the recipe's reference decoder), sequence = prompt too
+    repeat_scope: str = "generated"
     max_new_tokens: int = 64  # longest generated completion
     batch_size: int = 16  # MRs decoded together
     max_mrs: int = 0  # 0 = every MR of the split
@@ -236,6 +238,8 @@ class EvalConfig:
         _check(self.max_mrs >= 0, f"eval.max_mrs must be >= 0, got {self.max_mrs}")
         _check(self.samples >= 0, f"eval.samples must be >= 0, got {self.samples}")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size must be >= 0")
+        _check(self.repeat_scope in ("generated", "sequence"),
+               f"eval.repeat_scope must be generated|sequence, got {self.repeat_scope!r}")
 
 
 @dataclass

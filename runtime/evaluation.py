@@ -87,7 +87,7 @@ def decode_groups(model: torch.nn.Module, groups: list[MRGroup], decode: DecodeC
         if decode.num_beams == 1:
             outs = greedy(model, batch, decode.max_new_tokens, decode.stop_tokens,
                           no_repeat_ngram_size=decode.no_repeat_ngram_size,
-                          repetition_penalty=decode.repetition_penalty)
+                          repetition_penalty=decode.repetition_penalty, repeat_scope=decode.repeat_scope)
         else:
             outs = beam_search(model, batch, decode)
         for i, out in zip(idx, outs):
@@ -107,7 +107,7 @@ def sample_texts(model: torch.nn.Module, cfg: Config, n: int, device: torch.devi
     model = copy.deepcopy(model).to(device).eval()
     merge_lora(model)
     decode = DecodeConfig(num_beams=1, no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
-                          max_new_tokens=cfg.eval.max_new_tokens)
+                          max_new_tokens=cfg.eval.max_new_tokens, repeat_scope=cfg.eval.repeat_scope)
     with torch.no_grad():
         hyps = decode_groups(model, groups, decode, batch_size=max(1, n), device=device, model_dir=cfg.model.path,
                              show_progress=False, vocab=run_vocab(cfg))

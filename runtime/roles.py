@@ -90,7 +90,8 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: 
 
     e = cfg.eval
     decode = DecodeConfig(num_beams=e.num_beams, length_penalty=e.length_penalty,
-                          no_repeat_ngram_size=e.no_repeat_ngram_size, max_new_tokens=e.max_new_tokens)
+                          no_repeat_ngram_size=e.no_repeat_ngram_size, max_new_tokens=e.max_new_tokens,
+                          repeat_scope=e.repeat_scope)
     record = evaluate_model(copy.deepcopy(model), cfg, run_dir, split=e.split, refs_style=e.refs_style,
                             decode=decode, batch_size=e.batch_size, max_mrs=e.max_mrs, meteor=e.meteor,
                             device=device)

@@ -109,7 +109,7 @@ BEAM_SETTINGS = [
 def test_beam_search_matches_transformers(models, prompts, stops, settings):
     hf, ours = models
     prompts = prompts + [prompts[2] + [stops[0]]]  # like the recipe's context + [50256]: ends in a stop token
-    cfg = DecodeConfig(**settings, stop_tokens=stops, max_new_tokens=MAX_NEW)
+    cfg = DecodeConfig(**settings, stop_tokens=stops, max_new_tokens=MAX_NEW, repeat_scope="sequence")
     mine = beam_search(ours, prompts, cfg, keep_stop_token=True)
     hf_kw = dict(settings, no_repeat_ngram_size=settings["no_repeat_ngram_size"] or None)
     theirs = [_hf_generate(hf, p, stops, **hf_kw) for p in prompts]
@@ -135,7 +135,8 @@ def test_wide_vocab_matches_transformers(tmp_path, prompts):
     ]
     for settings in cases:
         mine = beam_search(
-            ours, prompts, DecodeConfig(**settings, stop_tokens=stops, max_new_tokens=12), keep_stop_token=True
+            ours, prompts, DecodeConfig(**settings, stop_tokens=stops, max_new_tokens=12, repeat_scope="sequence"),
+            keep_stop_token=True,
         )
         hf_kw = dict(settings, max_new_tokens=12)
         assert mine == [_hf_generate(hf, p, stops, **hf_kw) for p in prompts]
@@ -145,23 +146,74 @@ def test_wide_vocab_matches_transformers(tmp_path, prompts):
 def test_no_repeat_ngram_is_honoured_and_matters(models, prompts, stops):
     _, ours = models
     for n in (2, 3, 4):
-        cfg = DecodeConfig(num_beams=4, no_repeat_ngram_size=n, stop_tokens=stops, max_new_tokens=MAX_NEW)
+        cfg = DecodeConfig(num_beams=4, no_repeat_ngram_size=n, stop_tokens=stops, max_new_tokens=MAX_NEW,
+                           repeat_scope="sequence")
         outs = beam_search(ours, prompts, cfg, keep_stop_token=True)
         assert not any(_has_repeated_ngram(p + o, n) for p, o in zip(prompts, outs))  # the prompt counts too
         free = beam_search(
             ours, prompts, DecodeConfig(**{**vars(cfg), "no_repeat_ngram_size": 0}), keep_stop_token=True
         )
         assert any(_has_repeated_ngram(p + o, n) for p, o in zip(prompts, free))  # the rule had work to do
-    greedy_outs = greedy(ours, prompts, MAX_NEW, stops, no_repeat_ngram_size=3)
+    greedy_outs = greedy(ours, prompts, MAX_NEW, stops, no_repeat_ngram_size=3, repeat_scope="sequence")
     assert not any(_has_repeated_ngram(p + o, 3) for p, o in zip(prompts, greedy_outs))
+
+
+def _reference_greedy(model, prompt: list[int], stops, n: int, penalty: float) -> list[int]:
+    """The E2E recipe's reference rule, step by step with whole forwards: the n-gram ban and
+    the repetition penalty look at the generated tokens only, never at the prompt."""
+    out: list[int] = []
+    for _ in range(MAX_NEW):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + out]))[0, -1].float()  # (V,)
+        for t in set(out):
+            logits[t] = logits[t] * penalty if logits[t] < 0 else logits[t] / penalty
+        if n and len(out) >= n - 1:
+            tail = tuple(out[len(out) - n + 1:])
+            for i in range(len(out) - n + 1):
+                if tuple(out[i:i + n - 1]) == tail:
+                    logits[out[i + n - 1]] = float("-inf")
+        out.append(int(logits.argmax()))
+        if out[-1] in stops:
+            break
+    return out
+
+
+@pytest.mark.parametrize("ngram,penalty", [(2, 1.0), (3, 1.3)])
+def test_generated_scope_matches_the_reference_rule(models, prompts, stops, ngram, penalty):
+    """repeat_scope="generated" (the default): batched greedy equals the reference rule, and
+    beam search with one beam equals greedy (without a repetition penalty, which beam search
+    applies to log-probs and greedy to logits)."""
+    _, ours = models
+    mine = greedy(ours, prompts, MAX_NEW, stops, no_repeat_ngram_size=ngram, repetition_penalty=penalty,
+                  keep_stop_token=True)
+    assert mine == [_reference_greedy(ours, p, stops, ngram, penalty) for p in prompts]
+    cfg = DecodeConfig(num_beams=1, no_repeat_ngram_size=ngram, repetition_penalty=penalty, stop_tokens=stops,
+                       max_new_tokens=MAX_NEW)
+    assert penalty != 1.0 or beam_search(ours, prompts, cfg, keep_stop_token=True) == mine
+
+
+def test_generated_scope_lets_a_prompt_ngram_be_copied(models):
+    """Prompt = seed + the model's own continuation c of seed + seed again. In "sequence" scope
+    a 3-gram ban forbids c[0] next ((seed[-2], seed[-1], c[0]) is in the prompt); in the
+    default "generated" scope the model may copy it, and for some seeds it does."""
+    _, ours = models
+    copied = 0
+    for seed in ([7, 19, 3], [5, 40, 11], [30, 2, 9], [12, 13, 14]):
+        c = greedy(ours, [seed], 6, ())[0]
+        inside = greedy(ours, [seed + c + seed], 6, (), no_repeat_ngram_size=3, repeat_scope="sequence")[0]
+        outside = greedy(ours, [seed + c + seed], 6, (), no_repeat_ngram_size=3)[0]
+        assert inside[0] != c[0]
+        copied += outside[0] == c[0]
+    assert copied >= 1
 
 
 @pytest.mark.parametrize("ngram,penalty", [(0, 1.0), (3, 1.0), (0, 1.5), (2, 0.7)])
 def test_greedy_matches_transformers(models, prompts, stops, ngram, penalty):
     hf, ours = models
     mine = greedy(
-        ours, prompts, MAX_NEW, stops, no_repeat_ngram_size=ngram, repetition_penalty=penalty, keep_stop_token=True
-    )
+        ours, prompts, MAX_NEW, stops, no_repeat_ngram_size=ngram, repetition_penalty=penalty,
+        repeat_scope="sequence", keep_stop_token=True,
+    )  # fmt: skip
     theirs = [
         _hf_generate(hf, p, stops, num_beams=1, no_repeat_ngram_size=ngram or None, repetition_penalty=penalty)
         for p in prompts
