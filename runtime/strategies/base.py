@@ -99,6 +99,18 @@ class Strategy:
         pass
 
 
+def average_in_place(params: list[torch.Tensor], ctx: ClientContext) -> CommStats:
+    """Replace each tensor by its sample-weighted mean over the clients, sum_k w_k p_k, with one
+    collective; what every client sent and received is all of them (up = down)."""
+    summed = flat_allreduce_sum([p.detach() * ctx.weight for p in params], ctx.group)
+    with torch.no_grad():
+        for p, s in zip(params, summed):
+            p.copy_(s)
+    n = sum(p.numel() for p in params)
+    nbytes = n * (params[0].element_size() if params else 4)
+    return CommStats(up_params=n, up_bytes=nbytes, down_params=n, down_bytes=nbytes)
+
+
 def flat_allreduce_sum(tensors: list[torch.Tensor], group: dist.ProcessGroup | None) -> list[torch.Tensor]:
     """Sum each tensor over the group with one collective on one flat fp32 buffer."""
     if not tensors:

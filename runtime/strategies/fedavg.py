@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.strategies.base import ClientContext, CommStats, Strategy, flat_allreduce_sum
+from runtime.strategies.base import ClientContext, CommStats, Strategy, average_in_place, flat_allreduce_sum
 
 
 def aggregate_fedavg(factors: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
@@ -48,13 +48,7 @@ class FedAvg(Strategy):
         params = [p for _, a in ctx.adapters() for p in (a.lora_A, a.lora_B)]
         if not params:  # full fine-tuning (no LoRA): FedAvg of every trained weight
             params = [p for p in ctx.module.parameters() if p.requires_grad]
-        summed = flat_allreduce_sum([p.detach() * ctx.weight for p in params], ctx.group)
-        with torch.no_grad():
-            for p, s in zip(params, summed):
-                p.copy_(s)
-        n = sum(p.numel() for p in params)
-        size = params[0].element_size() if params else 4
-        return CommStats(up_params=n, up_bytes=n * size, down_params=n, down_bytes=n * size)
+        return average_in_place(params, ctx)
 
     def _aggregate_by_holders(self, ctx: ClientContext) -> CommStats:
         """One all_reduce over the union of client blocks (0..max cut-1); zeros where not held."""

@@ -18,10 +18,9 @@ Accounting: up = down = A, r·in per module (half of FedAvg's payload when out =
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from runtime.strategies.base import ClientContext, CommStats, Strategy, flat_allreduce_sum
+from runtime.strategies.base import ClientContext, CommStats, Strategy, average_in_place
 
 
 def aggregate_fedsa(As: list[list[Tensor]], weights: list[float]) -> list[Tensor]:
@@ -35,11 +34,4 @@ class FedSA(Strategy):
     name = "fedsa"
 
     def aggregate(self, ctx: ClientContext, round_idx: int) -> CommStats:
-        As = [a.lora_A for _, a in ctx.adapters()]
-        summed = flat_allreduce_sum([A.detach() * ctx.weight for A in As], ctx.group)
-        with torch.no_grad():
-            for A, s in zip(As, summed):
-                A.copy_(s)
-        n = sum(A.numel() for A in As)
-        nbytes = n * (As[0].element_size() if As else 4)
-        return CommStats(up_params=n, up_bytes=nbytes, down_params=n, down_bytes=nbytes)
+        return average_in_place([a.lora_A for _, a in ctx.adapters()], ctx)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from models.lora import iter_lora_adapters, set_lora_trainable
-from runtime.strategies.base import ClientContext, CommStats, Strategy, flat_allreduce_sum
+from runtime.strategies.base import ClientContext, CommStats, Strategy, average_in_place
 
 
 def aggregate_ffa(Bs: list[list[Tensor]], weights: list[float]) -> list[Tensor]:
@@ -38,11 +37,4 @@ class FFA(Strategy):
         set_lora_trainable(ctx.module, A=False, B=True)
 
     def aggregate(self, ctx: ClientContext, round_idx: int) -> CommStats:
-        Bs = [a.lora_B for _, a in ctx.adapters()]
-        summed = flat_allreduce_sum([B.detach() * ctx.weight for B in Bs], ctx.group)
-        with torch.no_grad():
-            for B, s in zip(Bs, summed):
-                B.copy_(s)
-        n = sum(B.numel() for B in Bs)
-        nbytes = n * (Bs[0].element_size() if Bs else 4)
-        return CommStats(up_params=n, up_bytes=nbytes, down_params=n, down_bytes=nbytes)
+        return average_in_place([a.lora_B for _, a in ctx.adapters()], ctx)

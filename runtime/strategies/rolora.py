@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from models.lora import set_lora_trainable
-from runtime.strategies.base import ClientContext, CommStats, Strategy, flat_allreduce_sum
+from runtime.strategies.base import ClientContext, CommStats, Strategy, average_in_place
 from runtime.strategies.lora_a2 import round_factor
 
 
@@ -57,14 +56,7 @@ class RoLoRA(Strategy):
         self._freeze_other(ctx.module)
 
     def aggregate(self, ctx: ClientContext, round_idx: int) -> CommStats:
-        params = [a.lora_B if self.factor == "B" else a.lora_A for _, a in ctx.adapters()]
-        summed = flat_allreduce_sum([p.detach() * ctx.weight for p in params], ctx.group)
-        with torch.no_grad():
-            for p, s in zip(params, summed):
-                p.copy_(s)
-        n = sum(p.numel() for p in params)
-        nbytes = n * (params[0].element_size() if params else 4)
-        return CommStats(up_params=n, up_bytes=nbytes, down_params=n, down_bytes=nbytes)
+        return average_in_place([a.lora_B if self.factor == "B" else a.lora_A for _, a in ctx.adapters()], ctx)
 
     def state_dict(self) -> dict[str, Any]:
         return {"factor": self.factor}
