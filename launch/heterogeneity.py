@@ -40,6 +40,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from launch.experiments.common import read_json
+
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("fedavg", "ffa", "lora-a2", "flexlora", "hetlora", "flora", "fedex", "fedsa", "rolora", "frlora")
 SCORES = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
@@ -158,12 +160,6 @@ def run_one(a: argparse.Namespace, extra: list[str], partition: str, strategy: s
                    eval=s.get("eval"), slots=(read_json(run_dir / "scores.json") or {}).get("slots"))
     return row
 
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _fmt(x: float | None, spec: str) -> str:
