@@ -261,6 +261,8 @@ class GPT2(nn.Module):
         kv_cache: KVCache | None = None,
         select: Tensor | None = None,
         first_block: int = 0,
+        stop_block: int | None = None,
+        from_hidden: bool = False,
     ) -> Tensor:
         """Run the parts of GPT-2 this module owns.
 
@@ -273,6 +275,10 @@ class GPT2(nn.Module):
         first_block: skip the blocks this part owns whose index is below it. A server that
             serves clients cut at different layers holds blocks from the lowest cut on and
             starts each client's forward at that client's cut.
+        stop_block: run only the owned blocks whose index is below it and return their hidden
+            states (B, T, C): no ``ln_f``, no head. The front of a U-shaped client part.
+        from_hidden: x is hidden states (B, T, C) although this part owns ``wte``: skip the
+            embeddings. The back end of a U-shaped client part (with ``first_block``).
         select: optional bool (B, T); with ``lm_head``, only those positions get logits,
             returned as (N, V) in row-major order. Training needs logits only where the
             loss counts (the completion): the (·, C) x (C, V) head is most of a small
@@ -281,7 +287,7 @@ class GPT2(nn.Module):
         """
         past = kv_cache.length if kv_cache is not None else 0
         tr = self.transformer
-        if self.owns_embeddings:
+        if self.owns_embeddings and not from_hidden:
             B, T = x.shape
             if position_ids is None:
                 if past + T > self.config.n_positions:
@@ -298,7 +304,13 @@ class GPT2(nn.Module):
             for name, block in tr["h"].items():
                 if int(name) < first_block:
                     continue
+                if stop_block is not None and int(name) >= stop_block:
+                    break
                 h = block(h, mask, is_causal, kv_cache, name)
+        if stop_block is not None:
+            if kv_cache is not None:
+                kv_cache.length = past + T
+            return h
         if "ln_f" in tr:
             h = tr["ln_f"](h)
         if kv_cache is not None:

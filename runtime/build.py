@@ -90,8 +90,22 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: Co
     load_lora_state_dict(model, state, strict=True)
 
 
+def head_cut(cfg: Config, n_layer: int) -> int:
+    """U shape: the first block of the client's back end (split.head_cut, 0 = n_layer)."""
+    return cfg.split.head_cut or n_layer
+
+
+def split_parts(cfg: Config, model: GPT2, cut: int) -> tuple[GPT2, GPT2]:
+    """``(client, server)`` parts of ``model`` in the run's split shape (split.shape)."""
+    if cfg.split.shape == "u":
+        from models.split_u import split_model_u
+
+        return split_model_u(model, cut, head_cut(cfg, model.config.n_layer))
+    return split_model(model, cut)
+
+
 def build_split_parts(cfg: Config) -> tuple[GPT2, GPT2]:
-    return split_model(build_full_model(cfg), cfg.split.cut)
+    return split_parts(cfg, build_full_model(cfg), cfg.split.cut)
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -20,7 +20,14 @@ from models.lora import load_lora_state_dict
 from runtime import coordinator, split_server
 from runtime.aggregate import client_weights
 from runtime.artifacts import save_model
-from runtime.build import build_full_model, build_scheduler, load_trained_state, set_threads, trained_state
+from runtime.build import (
+    build_full_model,
+    build_scheduler,
+    head_cut,
+    load_trained_state,
+    set_threads,
+    trained_state,
+)
 from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
 from runtime.dist import SERVER, World, abort, world_barrier
@@ -35,9 +42,9 @@ from runtime.watchdog import Watchdog
 def build_client_module(cfg: Config, device: torch.device, cut: int) -> torch.nn.Module:
     full = build_full_model(cfg)
     if cfg.method == "splitlora":
-        from models.split import split_model
+        from runtime.build import split_parts
 
-        full = split_model(full, cut)[0]
+        full = split_parts(cfg, full, cut)[0]
     return full.to(device).train()
 
 
@@ -62,6 +69,9 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
     via_host = cfg.runtime.cuda_cut == "host"
 
     def one_step(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if cfg.method == "splitlora" and cfg.split.shape == "u":
+            return stepper.split_step_u(world.rank, batch, cfg.split.cut_dtype, via_host, cuts[world.client_index],
+                                        head_cut(cfg, module.config.n_layer))
         if cfg.method == "splitlora":
             return stepper.split_step(world.rank, batch, cfg.split.cut_dtype, via_host)
         return stepper.local_step(batch)

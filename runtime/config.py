@@ -94,6 +94,10 @@ class SplitConfig:
     cut: int = 3  # client holds blocks 0..cut-1 (SplitLoRA's public code cuts after block 3)
     cut_dtype: str = "fp32"  # dtype of the activations/gradients that cross the cut
     client_cuts: str = ""  # per-client cuts, e.g. "2,3,6" (heterogeneous clients); "" = `cut` for all
+    # vanilla: the server holds blocks cut.. + ln_f + head and computes the loss (the client sends targets);
+    # u: the client also holds the end (blocks head_cut.., ln_f, head, loss); only hidden states cross
+    shape: str = "vanilla"
+    head_cut: int = 0  # u: first block of the client's back end; 0 = n_layer (back end = ln_f + head only)
 
     def cuts(self, n_clients: int) -> list[int]:
         """The cut of every client (index 0 = rank 1)."""
@@ -103,6 +107,9 @@ class SplitConfig:
     def __post_init__(self) -> None:
         _check(self.cut_dtype in CUT_DTYPES, f"split.cut_dtype must be one of {CUT_DTYPES}, got {self.cut_dtype!r}")
         _check(self.cut >= 0, f"split.cut must be >= 0, got {self.cut}")
+        _check(self.shape in ("vanilla", "u"), f"split.shape must be vanilla|u, got {self.shape!r}")
+        _check(self.head_cut >= 0, f"split.head_cut must be >= 0 (0 = n_layer), got {self.head_cut}")
+        _check(self.shape == "u" or self.head_cut == 0, "split.head_cut applies to split.shape=u only")
         try:
             self.cuts(1)
         except ValueError:
@@ -316,6 +323,13 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
         _check(1 <= cfg.split.cut <= n_layer - 1,
                f"split.cut must be in [1, {n_layer - 1}] for a {n_layer}-block model "
                f"(client holds blocks 0..cut-1, server the rest), got {cfg.split.cut}")
+        if cfg.split.shape == "u":
+            head = cfg.split.head_cut or n_layer
+            _check(cfg.split.cut < head <= n_layer,
+                   f"split.head_cut must be in [{cfg.split.cut + 1}, {n_layer}] (0 = {n_layer}): the server holds "
+                   f"blocks cut..head_cut-1, at least one; got {cfg.split.head_cut}")
+            _check(not cfg.split.client_cuts, "split.client_cuts (per-client cuts) is not implemented for "
+                                              "split.shape=u; use one split.cut for every client")
         if cfg.split.client_cuts:
             cuts = cfg.split.cuts(world_size - 1)
             _check(len(cuts) == world_size - 1,

@@ -235,9 +235,9 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
 
 
 def build_server_part(cfg: Config, cut: int) -> torch.nn.Module:
-    from models.split import split_model
+    from runtime.build import split_parts
 
-    return split_model(build_full_model(cfg), cut)[1]
+    return split_parts(cfg, build_full_model(cfg), cut)[1]
 
 
 # ------------------------------------------------------------------------- summary

@@ -5,6 +5,8 @@ Each client step is three calls into this module, all made by the client:
 1. ``server_forward`` (rpc_sync, inside the client's distributed-autograd context):
    waits for the server to be free (and, in ``round_robin`` order, for this client's
    turn), runs blocks ``cut..``, ``ln_f``, ``lm_head`` and the loss, returns the loss.
+   U shape (``split.shape=u``): ``server_forward_hidden`` runs the middle blocks only
+   and returns their hidden states; the client finishes the forward and the loss.
 2. the client's ``dist_autograd.backward`` runs the server part's backward here (in
    RPC threads) and brings d(loss)/d(activations) back across the cut.
 3. ``server_step``: applies the gradients of that context with the one AdamW, steps
@@ -22,6 +24,8 @@ backward and optimizer with the server serving others.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from typing import Any
 
@@ -32,6 +36,18 @@ from models.loss import model_loss
 from runtime.telemetry import now, stamp, sync
 
 _SERVER: SplitServer | None = None
+# Test hook: a file to which the server appends, per forward call, what it received from
+# the client (dtype and shape of every tensor argument); the privacy tests read it.
+RECORD_ENV = "SPLITLORA_RECORD_SERVER_INPUTS"
+
+
+def _record(call: str, *tensors: torch.Tensor) -> None:
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        row = {"call": call, "tensors": [{"dtype": str(t.dtype), "shape": list(t.shape),
+                                          "floating": t.is_floating_point()} for t in tensors]}
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 class SplitServer:
@@ -89,6 +105,19 @@ class SplitServer:
 
     # -- the three calls --------------------------------------------------------------
     def forward(self, client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        """Vanilla shape: the server part's blocks, ``ln_f``, head and loss; returns the loss."""
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return model_loss(self.part, x, targets.to(self.device), loss_mask.to(self.device),
+                              self.label_smoothing, first_block=self.cuts.get(client, 0))
+
+        return self._forward(client, h, run)
+
+    def forward_hidden(self, client: int, h: torch.Tensor) -> torch.Tensor:
+        """U shape: the middle blocks only; returns their hidden states (B, T, C) in the cut's
+        dtype. No token ids or labels reach the server in this shape."""
+        return self._forward(client, h, lambda x: self.part(x, first_block=self.cuts.get(client, 0)).to(h.dtype))
+
+    def _forward(self, client: int, h: torch.Tensor, run: Any) -> torch.Tensor:
         wait = self._enter(client)
         try:
             t0 = now()
@@ -96,13 +125,12 @@ class SplitServer:
             # Cut tensors may arrive in a compressed dtype or through host memory.
             x = h.to(self.device, dtype=torch.float32)
             x = stamp(x, marks)  # marks[-1] = when the gradient has crossed the server part
-            loss = model_loss(self.part, x, targets.to(self.device), loss_mask.to(self.device),
-                              self.label_smoothing, first_block=self.cuts.get(client, 0))
+            out = run(x)  # the loss (vanilla) or hidden states (u)
             end_marks: list[float] = []
-            loss = stamp(loss, end_marks)  # end_marks[-1] = server backward starts
+            out = stamp(out, end_marks)  # end_marks[-1] = server backward starts
             sync(self.device)
             self._pending[client] = {"wait": wait, "server_fwd": now() - t0, "marks": marks, "end_marks": end_marks}
-            return loss.to(h.device)
+            return out.to(h.device)
         except BaseException:
             self._leave(client)
             raise
@@ -167,7 +195,13 @@ def _get() -> SplitServer:
 
 
 def server_forward(client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    _record("server_forward", h, targets, loss_mask)
     return _get().forward(client, h, targets, loss_mask)
+
+
+def server_forward_hidden(client: int, h: torch.Tensor) -> torch.Tensor:
+    _record("server_forward_hidden", h)
+    return _get().forward_hidden(client, h)
 
 
 def server_step(client: int, context_id: int, apply: bool = True) -> dict[str, float]:

@@ -111,3 +111,62 @@ class Stepper:
         return {"loss": float(loss.item()), "time": times, "step_time": t5 - t0,
                 "server_opt_compute": server_times["server_opt"],  # inside server_opt: not a phase of its own
                 "bytes_up": up, "bytes_down": down, "activation_bytes": tensor_bytes(send)}
+
+    def split_step_u(self, rank: int, batch: dict[str, torch.Tensor], cut_dtype: str, via_host: bool,
+                     cut: int, head_cut: int) -> dict[str, Any]:
+        """Client side of one U-shaped step: front -> server middle -> back end + loss here.
+
+        Only hidden states cross: up = the front's activations (B, T, C) and, in the backward,
+        the gradient at the back end's input; down = the middle's output and the gradient at
+        the front's output. ``cut_up`` / ``cut_down`` are the forward / backward round trips
+        to the server less its compute (each crossing twice in this shape).
+        """
+        ids, targets, mask = (batch[k].to(self.device) for k in ("input_ids", "targets", "loss_mask"))
+        t0 = now()
+        with dist_autograd.context() as ctx:
+            front_marks: list[float] = []
+            h = self.module(ids, stop_block=cut)  # (B, T, C) activations at the first cut
+            h = stamp(h, front_marks)  # front_marks[-1]: the gradient is back from the server
+            send = h.to(CUT_DTYPES[cut_dtype])
+            if via_host and send.is_cuda:
+                send = send.cpu()
+            sync(self.device)
+            t1 = now()
+            mid = rpc.rpc_sync(SERVER, split_server.server_forward_hidden, args=(rank, send))  # (B, T, C)
+            t2 = now()
+            back_marks: list[float] = []
+            x = stamp(mid.to(self.device, dtype=torch.float32), back_marks)  # back_marks[-1]: grad leaves for server
+            loss = model_loss(self.module, x, targets, mask, self.label_smoothing, from_hidden=True,
+                              first_block=head_cut)
+            sync(self.device)
+            t3 = now()
+            dist_autograd.backward(ctx, [loss])
+            sync(self.device)
+            t4 = now()
+            server_times = rpc.rpc_sync(SERVER, split_server.server_step, args=(rank, ctx, self.update_server))
+            t5 = now()
+            grads = dist_autograd.get_gradients(ctx)
+            for p in self.params:
+                p.grad = grads.get(p)
+        self._apply()
+        sync(self.device)
+        t6 = now()
+        sent_up = back_marks[-1] if back_marks else t3
+        back = front_marks[-1] if front_marks else t4
+        times = {
+            "client_fwd": (t1 - t0) + (t3 - t2),
+            "server_wait": server_times["server_wait"],
+            "cut_up": max(0.0, (t2 - t1) - server_times["server_wait"] - server_times["server_fwd"]),
+            "server_fwd": server_times["server_fwd"],
+            "server_bwd": server_times["server_bwd"],
+            "cut_down": max(0.0, (back - sent_up) - server_times["server_bwd"]),
+            "client_bwd": (sent_up - t3) + (t4 - back),
+            "server_opt": t5 - t4,
+            "client_opt": t6 - t5,
+        }
+        # Up: the front's activations + the gradient at the back end's input (mid's shape and
+        # dtype); down: mid + the gradient at the front's output (send's). No integer tensor.
+        return {"loss": float(loss.item()), "time": times, "step_time": t6 - t0,
+                "server_opt_compute": server_times["server_opt"],
+                "bytes_up": tensor_bytes(send, mid), "bytes_down": tensor_bytes(mid, send),
+                "activation_bytes": tensor_bytes(send)}

@@ -17,10 +17,11 @@ from tests.torchrun_util import torchrun
 pytestmark = pytest.mark.slow
 
 
-def test_compact_split_run_trains_resumes_bitwise_and_is_scored(pretrained_base, tmp_path):
-    args = [f"--model.path={pretrained_base}", "--train.max_steps=6", "--ckpt.every=3", "--runtime.order=round_robin",
-            "--fed.aggregate_every=2", "--eval.at_end=true", "--eval.split=valid", "--eval.max_mrs=4",
-            "--eval.meteor=false", "--eval.num_beams=2", "--eval.samples=2", "--train.lr=3e-3"]
+@pytest.mark.parametrize("shape", [[], ["--split.shape=u", "--split.cut=1"]], ids=["vanilla", "u"])
+def test_compact_split_run_trains_resumes_bitwise_and_is_scored(pretrained_base, tmp_path, shape):
+    args = [*shape, f"--model.path={pretrained_base}", "--train.max_steps=6", "--ckpt.every=3",
+            "--runtime.order=round_robin", "--fed.aggregate_every=2", "--eval.at_end=true", "--eval.split=valid",
+            "--eval.max_mrs=4", "--eval.meteor=false", "--eval.num_beams=2", "--eval.samples=2", "--train.lr=3e-3"]
     full = torchrun(3, args, tmp_path, "full", timeout=240)
     assert full.rc == 0, full.stderr[-3000:]
     record = json.loads((full.run_dir / "scores.json").read_text())
