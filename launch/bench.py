@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--cut", type=int, default=3)
     ap.add_argument("--cut-dtypes", default="fp32", help="SplitLoRA cut dtypes to compare, e.g. fp32,bf16")
+    ap.add_argument("--shapes", default="vanilla", help="SplitLoRA split shapes to compare: vanilla,u")
     ap.add_argument("--aggregate-every", type=int, default=5, help="local steps between aggregations")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the runtime's)")
     ap.add_argument("--order", default="round_robin", choices=("arrival", "round_robin"),
@@ -141,6 +142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.methods = _csv(a.methods)
     a.scaling = _ints(a.scaling)
     a.cut_dtypes = _csv(a.cut_dtypes)
+    a.shapes = _csv(a.shapes)
+    if set(a.shapes) - {"vanilla", "u"}:
+        ap.error(f"--shapes: choose from vanilla, u; got {a.shapes}")
     bad = [m for m in a.methods if m not in METHODS]
     if bad or not a.methods:
         ap.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
@@ -160,6 +164,7 @@ def plan_jobs(a: argparse.Namespace) -> list[RunSpec]:
     specs = [RunSpec(m, n) for n in sorted({a.clients, *a.scaling}) for m in a.methods]
     if "splitlora" in a.methods:
         specs += [RunSpec("splitlora", a.clients, d) for d in a.cut_dtypes if d != "fp32"]
+        specs += [RunSpec("splitlora", a.clients, "fp32", s) for s in a.shapes if s != "vanilla"]
     return specs
 
 
@@ -173,7 +178,8 @@ def train_args(a: argparse.Namespace, spec: RunSpec) -> list[str]:
     if a.lr is not None:
         common.append(f"--train.lr={a.lr}")
     batch = a.batch * spec.n_clients if spec.method == "cenlora" else a.batch
-    return [*common, f"--train.batch_size={batch}", f"--split.cut_dtype={spec.cut_dtype}", *a.extra]
+    return [*common, f"--train.batch_size={batch}", f"--split.cut_dtype={spec.cut_dtype}",
+            *([f"--split.shape={spec.shape}"] if spec.method == "splitlora" else []), *a.extra]
 
 
 def settings_of(a: argparse.Namespace, run_dirs: list[Path], argv: list[str]) -> dict[str, Any]:
@@ -187,6 +193,7 @@ def settings_of(a: argparse.Namespace, run_dirs: list[Path], argv: list[str]) ->
     return {
         "model": a.model, "n_layer": mc.n_layer, "n_embd": mc.n_embd, "vocab_size": mc.vocab_size,
         "methods": a.methods, "clients": a.clients, "scaling": a.scaling, "cut_dtypes": a.cut_dtypes,
+        "shapes": a.shapes,
         "batch_per_client": a.batch, "seq_len": a.seq_len, "cut": a.cut, "steps": a.steps, "warmup": a.warmup,
         "aggregate_every": a.aggregate_every, "lr": d["train"]["lr"], "order": a.order, "seed": d["train"]["seed"],
         "data": "synthetic, every batch padded to seq_len", "eval_examples": a.eval_examples,

@@ -17,7 +17,9 @@ Model (stated in every report):
   lies on the server's critical path and adds up over the N clients of a round; the
   upload and the first half round trip overlap with the server serving another client,
   so a round adds ``N · (2.5·rtt + down/rate_down) + 0.5·rtt + up/rate_up``. With one
-  client that is exactly ``3·rtt + up/rate_up + down/rate_down``.
+  client that is exactly ``3·rtt + up/rate_up + down/rate_down``. U-shaped split: the
+  same 3 round trips, but half the upload (the gradient at the client's back end) goes
+  up inside the gate: ``N · (2.5·rtt + down/rate_down + up/2/rate_up) + 0.5·rtt + up/2/rate_up``.
 * FedLoRA: no traffic per step.
 * Aggregation (both federated methods), payload ``P`` bytes per client:
   ``ring`` (what gloo/NCCL's all_reduce does among the clients): ``2(N-1)`` steps, each
@@ -101,12 +103,15 @@ def parse_profiles(specs: Iterable[str]) -> list[LinkProfile]:
     return list(out.values())
 
 
-def split_round_link_s(p: LinkProfile, n_clients: int, up_bytes: float, down_bytes: float) -> float:
+def split_round_link_s(p: LinkProfile, n_clients: int, up_bytes: float, down_bytes: float,
+                       shape: str = "vanilla") -> float:
     """Link time one SplitLoRA round (every client one step) adds to the run."""
     if n_clients < 1:
         return 0.0
-    gated = (ROUND_TRIPS["splitlora"] - 0.5) * p.rtt_s + p.down_s(down_bytes)
-    overlapped = 0.5 * p.rtt_s + p.up_s(up_bytes)
+    # U: half the upload (the gradient at the back end's input) goes up while the server waits.
+    gated_up = up_bytes / 2 if shape == "u" else 0.0
+    gated = (ROUND_TRIPS["splitlora"] - 0.5) * p.rtt_s + p.down_s(down_bytes) + p.up_s(gated_up)
+    overlapped = 0.5 * p.rtt_s + p.up_s(up_bytes - gated_up)
     return n_clients * gated + overlapped
 
 
@@ -146,11 +151,11 @@ class LinkCost:
 
 
 def link_cost(p: LinkProfile, method: str, n_clients: int, up_bytes: float, down_bytes: float,
-              agg_payload: float, every: int, algo: str = "ring") -> LinkCost:
+              agg_payload: float, every: int, algo: str = "ring", shape: str = "vanilla") -> LinkCost:
     """The link model of one method, from its measured bytes per step and per aggregation."""
     if method == "cenlora":
         return LinkCost(0.0, 0.0, every)
-    per_round = split_round_link_s(p, n_clients, up_bytes, down_bytes) if method == "splitlora" else 0.0
+    per_round = split_round_link_s(p, n_clients, up_bytes, down_bytes, shape) if method == "splitlora" else 0.0
     return LinkCost(per_round, allreduce_s(p, n_clients, agg_payload, algo), every)
 
 

@@ -34,20 +34,26 @@ PHASE_GROUPS: list[tuple[str, tuple[str, ...]]] = [
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One benchmark job: a method at a client count and cut dtype."""
+    """One benchmark job: a method at a client count, cut dtype and split shape."""
 
     method: str
     n_clients: int  # clients; CenLoRA takes n_clients x batch in one process
     cut_dtype: str = "fp32"
+    shape: str = "vanilla"  # SplitLoRA: split.shape (vanilla | u)
 
     @property
     def run_id(self) -> str:
         suffix = "" if self.cut_dtype == "fp32" else f"-{self.cut_dtype}"
-        return f"{self.method}-n{self.n_clients}{suffix}"
+        return f"{self.method}-n{self.n_clients}{suffix}" + ("-u" if self.shape == "u" else "")
 
     @property
     def nproc(self) -> int:
         return 1 if self.method == "cenlora" else self.n_clients + 1
+
+
+def is_main(run: dict[str, Any]) -> bool:
+    """A run of the main comparison: fp32 cut, vanilla split (the other runs vary one of them)."""
+    return run["cut_dtype"] == "fp32" and run.get("shape", "vanilla") == "vanilla"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -144,6 +150,7 @@ def analyze_run(run_dir: Path, spec: RunSpec, warmup: int) -> dict[str, Any]:
     rt = config["runtime"]
     return {
         "id": spec.run_id, "method": spec.method, "n_clients": spec.n_clients, "cut_dtype": spec.cut_dtype,
+        "shape": spec.shape,
         "batch": config["train"]["batch_size"], "seq_len": seq_len, "steps": n_steps, "warmup": warmup,
         "aggregate_every": config["fed"]["aggregate_every"], "dir": run_dir.name,
         "threads": {"server": rt["server_threads"], "client": rt["client_threads"]},

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from launch import netsim
-from launch.report import E2E_TRAIN_EXAMPLES, bytes_per_round
+from launch.report import E2E_TRAIN_EXAMPLES, bytes_per_round, is_main
 
 SCHEMA = 1
 METHOD_ORDER = ("cenlora", "fedlora", "splitlora")
@@ -36,11 +36,14 @@ def machine_info(device: str = "cpu", runs: list[dict[str, Any]] | None = None) 
 
 
 def _sorted(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(runs, key=lambda r: (r["n_clients"], METHOD_ORDER.index(r["method"]), r["cut_dtype"]))
+    return sorted(runs, key=lambda r: (r["n_clients"], METHOD_ORDER.index(r["method"]), r["cut_dtype"],
+                                       r.get("shape", "vanilla") != "vanilla"))
 
 
-def _find(runs: list[dict[str, Any]], method: str, n: int, dtype: str = "fp32") -> dict[str, Any] | None:
-    return next((r for r in runs if (r["method"], r["n_clients"], r["cut_dtype"]) == (method, n, dtype)), None)
+def _find(runs: list[dict[str, Any]], method: str, n: int, dtype: str = "fp32",
+          shape: str = "vanilla") -> dict[str, Any] | None:
+    return next((r for r in runs if (r["method"], r["n_clients"], r["cut_dtype"], r.get("shape", "vanilla"))
+                 == (method, n, dtype, shape)), None)
 
 
 def comparison(runs: list[dict[str, Any]], n: int, n_embd: int) -> dict[str, Any] | None:
@@ -61,7 +64,7 @@ def comparison(runs: list[dict[str, Any]], n: int, n_embd: int) -> dict[str, Any
 def scaling(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Throughput and step time per method and client count (fp32 cut), speed-up vs the fewest clients."""
     rows = []
-    fp32 = [r for r in runs if r["cut_dtype"] == "fp32"]
+    fp32 = [r for r in runs if is_main(r)]
     for method in METHOD_ORDER:
         mine = sorted((r for r in fp32 if r["method"] == method), key=lambda r: r["n_clients"])
         for r in mine:
@@ -73,7 +76,7 @@ def scaling(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cut_dtypes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """SplitLoRA runs that differ only in the cut dtype: bytes and losses (same seed)."""
-    split = [r for r in runs if r["method"] == "splitlora"]
+    split = [r for r in runs if r["method"] == "splitlora" and r.get("shape", "vanilla") == "vanilla"]
     ns = {r["n_clients"] for r in split if r["cut_dtype"] != "fp32"}
     rows = []
     order = {"fp32": 0, "bf16": 1, "fp16": 2}
@@ -89,10 +92,26 @@ def cut_dtypes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def split_shapes(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """SplitLoRA at ``n`` clients, vanilla beside U (fp32 cut): bytes, phase times, losses."""
+    rows = []
+    for shape in ("vanilla", "u"):
+        r = _find(runs, "splitlora", n, "fp32", shape)
+        if r is None:
+            continue
+        g = r["groups_ms"]
+        rows.append({"shape": shape, "run": r["id"], "up_bytes": r["cut"]["up_bytes"],
+                     "down_bytes": r["cut"]["down_bytes"], "step_ms_median": r["step_ms"]["median"],
+                     "client_ms_median": g["client fwd"]["median"] + g["client bwd"]["median"],
+                     "server_ms_median": g["server fwd+bwd"]["median"], "tokens_per_s": r["tokens_per_s"],
+                     "loss_last": r["loss"]["last"], "val_loss": r["loss"]["val"]})
+    return rows if len(rows) == 2 else []
+
+
 def _run_link(run: dict[str, Any], p: netsim.LinkProfile, algo: str) -> netsim.LinkCost:
     agg = run["aggregation"]["up_bytes"]
     return netsim.link_cost(p, run["method"], run["n_clients"], run["cut"]["up_bytes"], run["cut"]["down_bytes"],
-                            agg, run["aggregate_every"], algo)
+                            agg, run["aggregate_every"], algo, run.get("shape", "vanilla"))
 
 
 def network(runs: list[dict[str, Any]], n: int, profiles: list[netsim.LinkProfile], algo: str,
@@ -144,5 +163,6 @@ def build_report(runs: list[dict[str, Any]], settings: dict[str, Any], machine: 
     return {
         "schema": SCHEMA, "machine": machine, "settings": settings, "runs": runs,
         "comparison": comparison(runs, n, settings["n_embd"]), "scaling": scaling(runs),
-        "cut_dtype": cut_dtypes(runs), "network": network(runs, n, profiles, algo, target, window),
+        "cut_dtype": cut_dtypes(runs), "split_shapes": split_shapes(runs, n),
+        "network": network(runs, n, profiles, algo, target, window),
     }

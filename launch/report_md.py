@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from launch.report import PHASE_GROUPS
+from launch.report import PHASE_GROUPS, is_main
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -45,7 +45,7 @@ def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[st
 
 def _main_runs(report: dict[str, Any]) -> list[dict[str, Any]]:
     n = report["settings"]["clients"]
-    return [r for r in report["runs"] if r["n_clients"] == n and r["cut_dtype"] == "fp32"]
+    return [r for r in report["runs"] if r["n_clients"] == n and is_main(r)]
 
 
 def phase_table(report: dict[str, Any]) -> list[str]:
@@ -64,7 +64,7 @@ def phase_table(report: dict[str, Any]) -> list[str]:
 
 def bytes_table(report: dict[str, Any]) -> list[str]:
     rows = []
-    for r in _main_runs(report) + [r for r in report["runs"] if r["cut_dtype"] != "fp32"]:
+    for r in _main_runs(report) + [r for r in report["runs"] if not is_main(r)]:
         b = r["bytes_per_round"]
         rows.append([r["id"], fmt_bytes(r["cut"]["up_bytes"]), fmt_bytes(r["cut"]["down_bytes"]),
                      fmt_bytes(b["aggregation_per_client"]), fmt_bytes(b["per_client"]), fmt_bytes(b["all_clients"])])
@@ -115,6 +115,14 @@ def dtype_table(report: dict[str, Any]) -> list[str]:
              _f(d["val_loss"], 6), f"{d['step_ms_median']:.1f}"] for d in report["cut_dtype"]]
     return _table(["clients", "cut dtype", "up / step", "down / step", "loss at last step", "Δ vs fp32",
                    "train loss (last 10 %)", "val loss", "step ms median"], rows, "llrrrrrrr")
+
+
+def shapes_table(report: dict[str, Any]) -> list[str]:
+    rows = [[d["shape"], d["run"], fmt_bytes(d["up_bytes"]), fmt_bytes(d["down_bytes"]), f"{d['step_ms_median']:.1f}",
+             f"{d['client_ms_median']:.1f}", f"{d['server_ms_median']:.1f}", f"{d['tokens_per_s']:.0f}",
+             _f(d["loss_last"], 6), _f(d["val_loss"], 6)] for d in report.get("split_shapes", [])]
+    return _table(["shape", "run", "up / step", "down / step", "step ms median", "client fwd+bwd ms",
+                   "server fwd+bwd ms", "tokens/s", "train loss (last 10 %)", "val loss"], rows, "llrrrrrrrr")
 
 
 def network_section(report: dict[str, Any]) -> list[str]:
@@ -231,6 +239,14 @@ def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
         out += ["## Activation compression (cut dtype)", "",
                 "SplitLoRA with the activations and their gradients cast before sending and back after "
                 "(`--split.cut_dtype`), same seed and order.", "", *dtype_table(report), *img("cut_dtype", "dtype")]
+    if report.get("split_shapes"):
+        out += ["## Split shapes: vanilla beside U", "",
+                "Same model, seed and examples. Vanilla (`--split.shape=vanilla`): the server holds the blocks "
+                "from the cut on, `ln_f`, the head and the loss, so the client sends its targets (token ids) "
+                "with the activations. U (`--split.shape=u`): the client keeps `ln_f`, the head and the loss "
+                "(and blocks from `--split.head_cut` on); each direction carries two (B, T, d) tensors, no "
+                "integer tensor. In U, the client's fwd+bwd includes its back end (the head).", "",
+                *shapes_table(report)]
     out += ["## Network simulation (simulated, kept apart from measured time)", "", *network_section(report),
             *img("time_to_target", "time to target"),
             "## Checks", "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launch.report import PHASE_GROUPS
+from launch.report import PHASE_GROUPS, is_main
 
 DPI = 80  # small files: the sample report is committed
 COLORS = {"cenlora": "tab:gray", "fedlora": "tab:blue", "splitlora": "tab:orange"}
@@ -22,7 +22,7 @@ def _plt() -> Any:
 
 def _main_runs(report: dict[str, Any]) -> list[dict[str, Any]]:
     n = report["settings"]["clients"]
-    return [r for r in report["runs"] if r["n_clients"] == n and r["cut_dtype"] == "fp32"]
+    return [r for r in report["runs"] if r["n_clients"] == n and is_main(r)]
 
 
 def plot_phases(report: dict[str, Any], path: Path) -> None:

@@ -30,6 +30,9 @@ def test_split_round_is_three_round_trips_plus_transfer_for_one_client() -> None
     assert netsim.split_round_link_s(p, 1, 1e6, 1e6) == pytest.approx(0.03 + 1.0 + 0.5)
     # N clients: the gated part (2.5 RTT + download) repeats per client; one upload is exposed.
     assert netsim.split_round_link_s(p, 4, 1e6, 1e6) == pytest.approx(4 * (0.025 + 0.5) + 0.005 + 1.0)
+    # U: the same for one client; with N, half the upload (the back end's gradient) is inside the gate.
+    assert netsim.split_round_link_s(p, 1, 1e6, 1e6, "u") == pytest.approx(0.03 + 1.0 + 0.5)
+    assert netsim.split_round_link_s(p, 4, 1e6, 1e6, "u") == pytest.approx(4 * (0.025 + 0.5 + 0.5) + 0.005 + 0.5)
 
 
 def test_allreduce_ring_and_star() -> None:
@@ -64,6 +67,8 @@ def test_bench_options_and_job_plan(tmp_path: Path) -> None:
     assert [s.run_id for s in plan_jobs(a)] == [
         "cenlora-n1", "fedlora-n1", "splitlora-n1", "cenlora-n2", "fedlora-n2", "splitlora-n2",
         "cenlora-n4", "fedlora-n4", "splitlora-n4", "splitlora-n2-bf16"]
+    assert [s.run_id for s in plan_jobs(parse_args(["--clients", "2", "--methods", "splitlora", "--shapes",
+                                                     "vanilla,u"]))] == ["splitlora-n2", "splitlora-n2-u"]
     cfg.write_text("clients: 2\nbogus: 1\n")
     with pytest.raises(SystemExit):
         parse_args(["--config", str(cfg)])
@@ -82,7 +87,7 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     rc = main(["--out", str(out), "--clients", "2", "--steps", str(STEPS), "--warmup", "1", "--batch", str(BATCH),
                "--seq-len", str(SEQ), "--aggregate-every", str(EVERY), "--eval-examples", "0",
-               "--server-threads", "1", "--client-threads", "1", "--cut-dtypes", "fp32,bf16",
+               "--server-threads", "1", "--client-threads", "1", "--cut-dtypes", "fp32,bf16", "--shapes", "vanilla,u",
                "--net.profile", "lan", "4g", "--timeout", "300"])
     assert rc == 0
     return out
@@ -100,7 +105,8 @@ def test_report_files_and_schema(report_dir: Path) -> None:
             "plots"} <= set(rep)
     assert {"platform", "cpu_count", "torch", "device"} <= set(rep["machine"])
     assert rep["settings"]["threads"]["server_threads"] == 1 and rep["settings"]["threads"]["client_threads"] == 1
-    assert sorted(r["id"] for r in rep["runs"]) == ["cenlora-n2", "fedlora-n2", "splitlora-n2", "splitlora-n2-bf16"]
+    assert sorted(r["id"] for r in rep["runs"]) == ["cenlora-n2", "fedlora-n2", "splitlora-n2", "splitlora-n2-bf16",
+                                                   "splitlora-n2-u"]
     for r in rep["runs"]:
         assert set(r["groups_ms"]) == {g for g, _ in PHASE_GROUPS}
         assert all(set(v) == {"median", "p90", "mean"} for v in r["groups_ms"].values())
@@ -110,7 +116,7 @@ def test_report_files_and_schema(report_dir: Path) -> None:
         assert [c["step"] for c in r["curve"]] == list(range(1, STEPS + 1))
     md = (report_dir / "report.md").read_text()
     for heading in ("## Per-phase time per client step", "## Bytes across the cut", "## Scaling",
-                    "## Activation compression", "## Network simulation", "## Checks"):
+                    "## Activation compression", "## Split shapes", "## Network simulation", "## Checks"):
         assert heading in md
     assert rep["machine"]["platform"] in md and "--runtime.server_threads=1" in md
 
@@ -138,6 +144,10 @@ def test_bytes_match_the_shapes(report_dir: Path) -> None:
     assert runs["splitlora-n2-bf16"]["cut"]["down_bytes"] == act * 2
     up_extra = runs["splitlora-n2"]["cut"]["up_bytes"] - act * 4  # targets (int64) + loss mask
     assert runs["splitlora-n2-bf16"]["cut"]["up_bytes"] == act * 2 + up_extra
+    # U: two (B, T, d) fp32 tensors each way, nothing else
+    assert runs["splitlora-n2-u"]["cut"]["up_bytes"] == runs["splitlora-n2-u"]["cut"]["down_bytes"] == 2 * act * 4
+    shapes = {d["shape"]: d for d in rep["split_shapes"]}
+    assert shapes["u"]["up_bytes"] == 2 * act * 4 and shapes["vanilla"]["up_bytes"] == act * 4 + up_extra
     assert runs["fedlora-n2"]["cut"]["up_bytes"] == 0
     lora = 2 * (TINY_D * R + R * TINY_D) * 4  # bytes of one block's q and v adapters
     assert runs["fedlora-n2"]["aggregation"]["up_bytes"] == TINY_LAYERS * lora
@@ -154,7 +164,7 @@ def test_network_simulation_is_kept_apart_and_ordered(report_dir: Path) -> None:
     net = rep["network"]
     assert [p["name"] for p in net["profiles"]] == ["lan", "4g"]
     res = {(x["profile"], x["run"]): x for x in net["results"]}
-    assert len(res) == 2 * 4
+    assert len(res) == 2 * 5
     runs = {r["id"]: r for r in rep["runs"]}
     for (_, rid), x in res.items():
         # the measured column is the run's own clock, untouched by the profile
@@ -162,7 +172,7 @@ def test_network_simulation_is_kept_apart_and_ordered(report_dir: Path) -> None:
         assert x["curve_x_s"][-1] == pytest.approx(x["measured_s_run"] + x["link_s_run"])
     assert res[("4g", "cenlora-n2")]["link_s_run"] == 0.0
     assert res[("4g", "fedlora-n2")]["link_s_per_round"] == 0.0 and res[("4g", "fedlora-n2")]["link_s_run"] > 0
-    for rid in ("splitlora-n2", "splitlora-n2-bf16"):
+    for rid in ("splitlora-n2", "splitlora-n2-bf16", "splitlora-n2-u"):
         assert res[("4g", rid)]["link_s_run"] > res[("lan", rid)]["link_s_run"] > 0
     assert res[("4g", "splitlora-n2-bf16")]["link_s_per_round"] < res[("4g", "splitlora-n2")]["link_s_per_round"]
     assert net["target_loss"] is not None
