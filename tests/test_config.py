@@ -102,3 +102,18 @@ def test_help_lists_every_key_with_type_default_and_meaning(capsys):
         assert "(default " in out[i], key
         assert out[i + 1].startswith("      ") and len(out[i + 1].strip()) > 5, key  # its one-line meaning
     assert "[train]" in out and "[model]" in out
+
+
+def test_u_shape_checks() -> None:
+    validate_for_world(build_config(["--split.shape=u", "--split.cut=1", "--split.head_cut=3"]), 3, 4)
+    validate_for_world(build_config(["--split.shape=u", "--split.cut=3"]), 3, 4)  # head_cut 0 = n_layer
+    with pytest.raises(ConfigError, match="split.shape must be vanilla\\|u"):
+        build_config(["--split.shape=w"])
+    with pytest.raises(ConfigError, match="head_cut applies to split.shape=u only"):
+        build_config(["--split.head_cut=3"])
+    with pytest.raises(ConfigError, match=r"split.head_cut must be in \[3, 4\]"):
+        validate_for_world(build_config(["--split.shape=u", "--split.cut=2", "--split.head_cut=2"]), 3, 4)
+    with pytest.raises(ConfigError, match=r"split.head_cut must be in"):
+        validate_for_world(build_config(["--split.shape=u", "--split.cut=1", "--split.head_cut=5"]), 3, 4)
+    with pytest.raises(ConfigError, match="not implemented for split.shape=u"):
+        validate_for_world(build_config(["--split.shape=u", "--split.cut=1", "--split.client_cuts=1,2"]), 3, 4)
