@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .init_replay import replay_construction, replay_draws
 
 __all__ = ["GPT2Config", "PRESETS", "build_config", "GPT2", "KVCache", "position_ids_from_mask"]
 
@@ -182,6 +185,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def init_normal_(p: Tensor, std: float, replay: bool = True) -> None:
+    """``normal_(0, std)`` in place; on a meta tensor (a piece this part does not hold),
+    draw the same random numbers without a tensor when ``replay``, so that the generator
+    ends where the whole model's init leaves it."""
+    with torch.no_grad():
+        if not p.is_meta:
+            p.normal_(0.0, std)
+        elif replay:
+            replay_draws("normal", p.numel(), p.dtype)
+
+
 def _attention_mask(
     B: int, T: int, past: int, attn_mask: Tensor | None, device: torch.device
 ) -> tuple[Tensor | None, bool]:
@@ -210,35 +224,54 @@ def _attention_mask(
 class GPT2(nn.Module):
     """GPT-2 language model, or a contiguous part of one (see ``models/split.py``)."""
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, keep: Callable[[str], bool] | None = None) -> None:
+        """``keep``: which top-level pieces (``transformer.wte``, ``transformer.wpe``,
+        ``transformer.h.<i>``, ``transformer.ln_f``, ``lm_head``) get real tensors; the
+        others are built on the ``meta`` device and only draw their initialisation's random
+        numbers, exactly as in the whole model (``models/init_replay.py``, ``models/parts.py``).
+        So a kept piece has, bit for bit, the weights the same piece has in the whole model
+        built from the same seed. None = keep everything.
+        Built under ``torch.device("meta")`` (checkpoint loading) nothing draws random numbers.
+        """
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.n_positions, config.n_embd),
-                drop=nn.Dropout(config.embd_pdrop),
-                h=nn.ModuleDict({str(i): Block(config) for i in range(config.n_layer)}),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
-            )
-        )
-        self.lm_head: nn.Linear | None = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # A real build: pieces left on meta must still consume the generator like real ones.
+        replay = torch.empty(0).device.type != "meta"
+
+        def piece(name: str, make: Callable[[], nn.Module]) -> nn.Module:
+            if keep is None or keep(name):
+                return make()  # constructed (and default-initialised) as in the whole model
+            with torch.device("meta"):
+                module = make()
+            if replay:
+                replay_construction(module)
+            return module
+
+        # Construction order = the whole model's (the order of their random draws).
+        wte = piece("transformer.wte", lambda: nn.Embedding(config.vocab_size, config.n_embd))
+        wpe = piece("transformer.wpe", lambda: nn.Embedding(config.n_positions, config.n_embd))
+        drop = nn.Dropout(config.embd_pdrop)
+        h = nn.ModuleDict({str(i): piece(f"transformer.h.{i}", lambda: Block(config)) for i in range(config.n_layer)})
+        ln_f = piece("transformer.ln_f", lambda: nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon))
+        self.transformer = nn.ModuleDict(dict(wte=wte, wpe=wpe, drop=drop, h=h, ln_f=ln_f))
+        self.lm_head: nn.Linear | None = piece("lm_head", lambda: nn.Linear(config.n_embd, config.vocab_size,
+                                                                             bias=False))
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in the released checkpoints
-        self.apply(self._init_weights)
+        self.apply(lambda m: self._init_weights(m, replay))
         # GPT-2 scales the init of the projections that write into the residual stream
         # by 1/sqrt(2 * n_layer): each block adds two of them.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                init_normal_(p, 0.02 / math.sqrt(2 * config.n_layer), replay)
 
     @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(module: nn.Module, replay: bool = True) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
+            init_normal_(module.weight, 0.02, replay)
+            if module.bias is not None and not module.bias.is_meta:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            init_normal_(module.weight, 0.02, replay)
 
     @property
     def owns_embeddings(self) -> bool:
@@ -328,6 +361,7 @@ class GPT2(nn.Module):
         *,
         cache_dir: str | Path | None = None,
         dtype: torch.dtype = torch.float32,
+        keep: Callable[[str], bool] | None = None,
         **config_overrides: object,
     ) -> GPT2:
         """Load a Hugging Face GPT-2 checkpoint without downloading anything.
@@ -335,96 +369,24 @@ class GPT2(nn.Module):
         ``name_or_dir`` is a directory holding ``config.json`` and ``model.safetensors``
         or ``pytorch_model.bin``, or a model name (``gpt2``, ``gpt2-medium``, ...) already
         in the local Hugging Face cache (``cache_dir``, or huggingface_hub's default).
-        ``config_overrides`` replace config fields, e.g. ``embd_pdrop=0.0``.
+        ``config_overrides`` replace config fields, e.g. ``embd_pdrop=0.0``. ``keep``: only
+        these pieces are read and materialised, the rest stays on ``meta`` (``models/parts.py``).
         """
+        from .hf_checkpoint import _config_from_hf, _convert_hf_state_dict, _read_weights, _resolve_checkpoint_dir
+
         ckpt_dir = _resolve_checkpoint_dir(name_or_dir, cache_dir)
         cfg = _config_from_hf(json.loads((ckpt_dir / "config.json").read_text()))
         cfg = _override(cfg, config_overrides)
-        state = _convert_hf_state_dict(_read_weights(ckpt_dir), dtype)
+        from .parts import piece_of
+
+        want = None if keep is None else (lambda key: keep(piece_of(key)))
+        state = _convert_hf_state_dict(_read_weights(ckpt_dir, want), dtype)
         with torch.device("meta"):
-            model = cls(cfg)
-        model.load_state_dict(state, strict=True, assign=True)
+            model = cls(cfg, keep=keep)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        missing = [k for k in missing if k != "lm_head.weight" and (want is None or want(k))]
+        if missing or unexpected:
+            raise ValueError(f"{ckpt_dir}: checkpoint does not fit GPT-2: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
         model.lm_head.weight = model.transformer.wte.weight  # assign=True broke the tie
         return model
-
-
-# --- checkpoint loading -------------------------------------------------------------
-
-_CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def _has_checkpoint(d: Path) -> bool:
-    return (d / "config.json").is_file() and any((d / f).is_file() for f in _WEIGHT_FILES)
-
-
-def _resolve_checkpoint_dir(name_or_dir: str | Path, cache_dir: str | Path | None) -> Path:
-    path = Path(name_or_dir)
-    if path.is_dir():
-        if not _has_checkpoint(path):
-            raise FileNotFoundError(f"{path} needs config.json and one of {list(_WEIGHT_FILES)}")
-        return path
-    name = str(name_or_dir)
-    # The GPT-2 repos moved from "gpt2" to "openai-community/gpt2"; caches may hold either.
-    repo_ids = [name] if "/" in name else [name, f"openai-community/{name}"]
-    from huggingface_hub import snapshot_download  # only needed for cache look-ups
-
-    for repo_id in repo_ids:
-        try:
-            snap = Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True))
-        except (OSError, ValueError):  # not cached / not a valid repo id
-            continue
-        if _has_checkpoint(snap):
-            return snap
-    where = f"cache_dir={str(cache_dir)!r}" if cache_dir is not None else "the default Hugging Face cache"
-    raise FileNotFoundError(
-        f"no GPT-2 checkpoint for {name!r}: not a local directory, and repo ids {repo_ids} are not in "
-        f"{where} (nothing is downloaded). Pass a directory with config.json and "
-        f"{' or '.join(_WEIGHT_FILES)}."
-    )
-
-
-def _config_from_hf(hf: dict) -> GPT2Config:
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"unsupported activation_function {act!r}: this GPT-2 uses the tanh GELU")
-    unsupported = {
-        "n_inner": None,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
-    }
-    for key, expected in unsupported.items():
-        if key in hf and hf[key] != expected and not (key == "n_inner" and hf[key] == 4 * hf["n_embd"]):
-            raise ValueError(f"unsupported GPT-2 config {key}={hf[key]!r} (expected {expected!r})")
-    return GPT2Config(**{f.name: hf[f.name] for f in fields(GPT2Config) if f.name in hf})
-
-
-def _read_weights(ckpt_dir: Path) -> dict[str, Tensor]:
-    st = ckpt_dir / "model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    return torch.load(ckpt_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-
-
-def _convert_hf_state_dict(hf_state: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
-    """Hugging Face GPT-2 keys/layout -> ours: add the ``transformer.`` prefix where it is
-    missing, drop the causal-mask buffers, transpose Conv1D (in, out) to Linear (out, in)."""
-    out: dict[str, Tensor] = {}
-    for key, value in hf_state.items():
-        parts = key.split(".")
-        if parts[-2:] in (["attn", "bias"], ["attn", "masked_bias"]):
-            continue  # causal-mask buffers of old checkpoints; we mask inside SDPA
-        if key == "lm_head.weight":
-            continue  # tied to wte
-        if not key.startswith("transformer."):
-            key = "transformer." + key
-        if key.endswith(_CONV1D_SUFFIXES):
-            value = value.t()
-        out[key] = value.to(dtype).contiguous()
-    if "transformer.wte.weight" in out:
-        out["lm_head.weight"] = out["transformer.wte.weight"]
-    return out

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init_replay import replay_draws
+
 __all__ = [
     "TARGETS",
     "LoRAConfig",
@@ -105,6 +107,11 @@ class LoRAAdapter(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.lora_A.is_meta:
+            # A block this part does not hold (models/parts.py): draw the same random
+            # numbers as the whole model's adapter would, so later adapters get its values.
+            replay_draws("uniform", self.lora_A.numel(), self.lora_A.dtype)  # kaiming_uniform_
+            return
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 

@@ -13,7 +13,6 @@ from torch import nn
 
 from models.gpt2 import GPT2, GPT2Config, build_config
 from models.lora import LoRAConfig, apply_lora, load_lora_state_dict, lora_state_dict
-from models.split import split_model
 from runtime.config import Config
 from runtime.data.vocab import VocabMap, load_vocab_map
 
@@ -54,24 +53,36 @@ def run_vocab(cfg: Config) -> VocabMap | None:
 
 
 def build_full_model(cfg: Config) -> GPT2:
-    """The whole GPT-2 with LoRA applied, identical on every rank for the same seed.
+    """The whole GPT-2 with LoRA applied (``train.finetune=full``: no LoRA, every weight trainable)."""
+    return build_part(cfg, "whole")
 
-    Every rank builds the same full model and keeps its part: the base weights (random
-    init or pretrained) and the LoRA init (A kaiming-uniform, B zeros) then agree across
-    ranks without any transfer, and a one-client split run equals CenLoRA exactly.
-    ``train.finetune=full``: no LoRA, every weight trainable.
+
+def build_part(cfg: Config, role: str, cut: int | None = None) -> GPT2:
+    """The part ``role`` (whole | client | server) holds, built alone (``models/parts.py``).
+
+    Each rank materialises only its own modules (from a checkpoint: reads only their
+    tensors), yet gets exactly the weights and LoRA init the same modules have in the whole
+    model for this seed: the init's random draws of the pieces it does not hold are replayed,
+    not skipped. So the parts agree across ranks with no transfer, and a one-client split
+    run equals CenLoRA. ``cut``: the client's cut (client), the lowest cut (server).
     """
+    from models.parts import build_keep, finish_part, part_pieces
+
+    n_layer = model_config(cfg).n_layer
+    cut = cfg.split.cut if cut is None else cut
+    pieces = part_pieces(n_layer, role, cfg.split.shape, cut, head_cut(cfg, n_layer))
+    keep = build_keep(pieces)
     seed_everything(cfg.train.seed)
     if cfg.model.path:
         drop = cfg.model.dropout
-        model = GPT2.from_pretrained(cfg.model.path, embd_pdrop=drop, attn_pdrop=drop, resid_pdrop=drop)
+        model = GPT2.from_pretrained(cfg.model.path, keep=keep.__contains__, embd_pdrop=drop, attn_pdrop=drop,
+                                     resid_pdrop=drop)
     else:
-        model = GPT2(model_config(cfg))
-    if cfg.train.finetune == "full":
-        return model
-    targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
-    apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets))
-    return model
+        model = GPT2(model_config(cfg), keep=keep.__contains__)
+    if cfg.train.finetune != "full":
+        targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
+        apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets))
+    return finish_part(model, pieces)
 
 
 def trained_state(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
@@ -93,19 +104,6 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: Co
 def head_cut(cfg: Config, n_layer: int) -> int:
     """U shape: the first block of the client's back end (split.head_cut, 0 = n_layer)."""
     return cfg.split.head_cut or n_layer
-
-
-def split_parts(cfg: Config, model: GPT2, cut: int) -> tuple[GPT2, GPT2]:
-    """``(client, server)`` parts of ``model`` in the run's split shape (split.shape)."""
-    if cfg.split.shape == "u":
-        from models.split_u import split_model_u
-
-        return split_model_u(model, cut, head_cut(cfg, model.config.n_layer))
-    return split_model(model, cut)
-
-
-def build_split_parts(cfg: Config) -> tuple[GPT2, GPT2]:
-    return split_parts(cfg, build_full_model(cfg), cfg.split.cut)
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -22,6 +22,7 @@ from runtime.aggregate import client_weights
 from runtime.artifacts import save_model
 from runtime.build import (
     build_full_model,
+    build_part,
     build_scheduler,
     head_cut,
     load_trained_state,
@@ -40,12 +41,8 @@ from runtime.watchdog import Watchdog
 
 
 def build_client_module(cfg: Config, device: torch.device, cut: int) -> torch.nn.Module:
-    full = build_full_model(cfg)
-    if cfg.method == "splitlora":
-        from runtime.build import split_parts
-
-        full = split_parts(cfg, full, cut)[0]
-    return full.to(device).train()
+    module = build_part(cfg, "client", cut) if cfg.method == "splitlora" else build_full_model(cfg)
+    return module.to(device).train()
 
 
 def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> bool:
@@ -191,6 +188,7 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
         if plan.checkpoint_due(cfg, step):
             save_checkpoint(step)
     wall = now() - t_start
+    memory = peak_memory(world.device, module)  # training only: the first client assembles the whole model next
     if buffer:
         pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
     for fut in pending:
@@ -213,7 +211,8 @@ def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan:
                "val_loss": val, "eval": eval_scores,
                "bytes_up": sum(r.get("bytes_up", 0) for r in records),
                "bytes_down": sum(r.get("bytes_down", 0) for r in records),
-               "data": data.describe(), "memory": peak_memory(world.device), "records": records}
+               "data": data.describe(), "memory": memory, "memory_final": peak_memory(world.device),
+               "records": records}
     watchdog.stop()  # the server may shut down once every client has finished
     rpc.rpc_sync(SERVER, coordinator.coord_finish, args=(world.rank, summary))
     return len(live) == world.n_clients

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from torch import nn
 
-from models.gpt2 import _CONV1D_SUFFIXES, GPT2Config  # the four weights transformers keeps as Conv1D
+from models.gpt2 import GPT2Config
+from models.hf_checkpoint import _CONV1D_SUFFIXES  # the four weights transformers keeps as Conv1D
 from models.lora import iter_lora_linears
 from runtime.data.vocab import VocabMap
 

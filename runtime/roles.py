@@ -159,7 +159,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
     scores = evaluate_at_end(cfg, model, run_dir, device)
     summary = _summary(cfg, plan, records, wall, val, {"0": data.describe()})
     summary["eval"] = scores
-    summary["memory"] = peak_memory(device)
+    summary["memory"] = peak_memory(device, model)
     return summary
 
 
@@ -227,7 +227,8 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     val = next((c.get("val_loss") for c in coord.finished.values() if c.get("val_loss") is not None), None)
     summary = _summary(cfg, plan, records, wall, val, clients)
     summary["eval"] = next((c.get("eval") for c in coord.finished.values() if c.get("eval")), None)
-    summary["server_memory"] = peak_memory(world.device)
+    srv = split_server._SERVER
+    summary["server_memory"] = peak_memory(world.device, srv.part if srv is not None else None)
     summary["dropped_clients"] = {str(k): v for k, v in coord.dropped.items()}
     split_server.install(None)
     coordinator.install(None)
@@ -235,9 +236,9 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
 
 
 def build_server_part(cfg: Config, cut: int) -> torch.nn.Module:
-    from runtime.build import split_parts
+    from runtime.build import build_part
 
-    return split_parts(cfg, build_full_model(cfg), cut)[1]
+    return build_part(cfg, "server", cut)
 
 
 # ------------------------------------------------------------------------- summary

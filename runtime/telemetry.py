@@ -85,11 +85,16 @@ def summarize(values: list[float]) -> dict[str, float]:
             "mean": sum(s) / len(s)}
 
 
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak resident memory of this process (MiB), and peak CUDA allocation when on GPU."""
+def peak_memory(device: torch.device, part: torch.nn.Module | None = None) -> dict[str, float]:
+    """Peak resident memory of this process so far (MiB), peak CUDA allocation when on GPU, and
+    (with ``part``) the bytes of the model part this process holds (parameters + buffers)."""
     import resource
 
     out = {"cpu_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}  # Linux: KiB
     if device.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if part is not None:
+        tensors = {id(t): t for t in (*part.parameters(), *part.buffers())}.values()  # a tied weight once
+        out["part_params"] = sum(t.numel() for t in part.parameters())
+        out["part_mib"] = sum(t.numel() * t.element_size() for t in tensors) / 2**20
     return out

@@ -1,0 +1,87 @@
+"""Build only the part of GPT-2 that a party holds.
+
+A part is named by the top-level pieces it holds: ``transformer.wte``, ``transformer.wpe``,
+``transformer.h.<i>``, ``transformer.ln_f`` and ``lm_head``. ``GPT2(config, keep=...)``
+constructs the pieces one at a time in the whole model's order; a piece the part does not
+hold still draws its initialisation's random numbers (into a throw-away tensor) and is
+then left on the ``meta`` device, and ``apply_lora`` does the same for the adapters of
+blocks on ``meta``. So a part built alone has, bit for bit, the weights (and LoRA init)
+that the same part has when cut from the whole model built from the same seed, with no
+transfer between ranks; at most one piece that is not held is ever real at a time (the
+largest: the (V, d) embedding). ``finish_part`` then deletes what the part does not hold.
+
+From a checkpoint (``GPT2.from_pretrained(..., keep=...)``) only the held tensors are
+read from a ``model.safetensors`` (tensor by tensor); a ``pytorch_model.bin`` is read
+whole and then filtered.
+
+The one exception to "only what it holds": the vanilla server's head is tied to the
+token embedding, which is the client's; the server builds ``wte`` and keeps it as a
+frozen, untied copy under ``lm_head.weight`` (as ``split_model`` does).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .gpt2 import GPT2
+
+__all__ = ["ROLES", "finish_part", "part_pieces", "build_keep", "piece_of"]
+
+ROLES = ("whole", "client", "server")
+
+
+def piece_of(key: str) -> str:
+    """The piece a state-dict key belongs to: ``transformer.h.3.attn.c_attn.weight`` -> ``transformer.h.3``."""
+    parts = key.split(".")
+    if parts[0] == "lm_head":
+        return "lm_head"
+    return ".".join(parts[:3]) if parts[1] == "h" else ".".join(parts[:2])
+
+
+def part_pieces(n_layer: int, role: str, shape: str = "vanilla", cut: int = 0, head_cut: int | None = None) -> set[str]:
+    """The pieces ``role`` holds in a split of ``shape`` (vanilla | u) at ``cut`` (and ``head_cut`` for u)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if shape not in ("vanilla", "u"):
+        raise ValueError(f"shape must be vanilla|u, got {shape!r}")
+    head_cut = n_layer if head_cut is None else head_cut
+
+    def blocks(indices: range) -> set[str]:
+        return {f"transformer.h.{i}" for i in indices}
+
+    ends = {"transformer.ln_f", "lm_head"}
+    embeddings = {"transformer.wte", "transformer.wpe"}
+    if role == "whole":
+        return embeddings | blocks(range(n_layer)) | ends
+    if shape == "vanilla":
+        return embeddings | blocks(range(cut)) if role == "client" else blocks(range(cut, n_layer)) | ends
+    if role == "client":
+        return embeddings | blocks(range(cut)) | blocks(range(head_cut, n_layer)) | ends
+    return blocks(range(cut, head_cut))
+
+
+def build_keep(pieces: set[str]) -> set[str]:
+    """The pieces to build for real: ``pieces``, plus ``wte`` for a head without its embedding."""
+    return pieces | {"transformer.wte"} if "lm_head" in pieces else pieces
+
+
+def finish_part(model: GPT2, pieces: set[str]) -> GPT2:
+    """Delete from ``model`` (built with ``keep=build_keep(pieces)``) what the part does not hold."""
+    tr = model.transformer
+    if "lm_head" in pieces and "transformer.wte" not in pieces:
+        # The vanilla server: its head keeps the embedding's values, frozen and untied.
+        model.lm_head.weight = nn.Parameter(tr["wte"].weight.detach(), requires_grad=False)
+    for name in ("wte", "wpe", "ln_f"):
+        if f"transformer.{name}" not in pieces:
+            del tr[name]
+    if "transformer.wte" not in pieces:
+        del tr["drop"]
+    for name in list(tr["h"].keys()):
+        if f"transformer.h.{name}" not in pieces:
+            del tr["h"][name]
+    if "lm_head" not in pieces:
+        model.lm_head = None
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"part still holds meta tensors (not built): {left[:5]}")
+    return model
