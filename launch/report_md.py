@@ -86,17 +86,24 @@ def aggregation_table(report: dict[str, Any]) -> list[str]:
 
 
 def runs_table(report: dict[str, Any]) -> list[str]:
+    def rss(v: dict[str, Any] | None) -> str:  # "peak RSS (part)": the process beside the model part it holds
+        if not v:
+            return "–"
+        part = v.get("part_mib")
+        return f"{v['cpu_rss_mib']:.0f}" + (f" ({part:.0f})" if part is not None else "")
+
     rows = []
     for r in report["runs"]:
         mem = r["memory"]["ranks"]
         rank0 = next(iter(mem.values()))
-        clients = [v["cpu_rss_mib"] for k, v in mem.items() if "client" in k and v]
+        clients = [v for k, v in mem.items() if "client" in k and v]
+        top = max(clients, key=lambda v: v["cpu_rss_mib"]) if clients else None
         rows.append([r["id"], f"{r['tokens_per_s']:.0f}", f"{r['examples_per_s']:.2f}",
-                     f"{r['step_ms']['median']:.1f}", fmt_s(r["epoch_s"]),
-                     _f(rank0["cpu_rss_mib"] if rank0 else None, 0), _f(max(clients) if clients else None, 0),
+                     f"{r['step_ms']['median']:.1f}", fmt_s(r["epoch_s"]), rss(rank0), rss(top),
                      _f(r["loss"]["last"], 4), _f(r["loss"]["val"], 4)])
     return _table(["run", "tokens/s", "examples/s", "step ms (median)", "epoch-equivalent (42,061 ex.)",
-                   "rank 0 peak RSS MiB", "max client peak RSS MiB", "train loss (last 10 %)", "val loss"], rows)
+                   "rank 0 peak RSS MiB (part)", "max client peak RSS MiB (part)", "train loss (last 10 %)",
+                   "val loss"], rows)
 
 
 def scaling_table(report: dict[str, Any]) -> list[str]:
@@ -229,7 +236,8 @@ def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
            "## Throughput, epoch-equivalent time and peak memory", "",
            "tokens/s: all clients together, over the steady window's wall time. Epoch-equivalent: the E2E "
            "training set (42,061 examples) at this rate (batches padded to seq_len). Peak memory: peak RSS "
-           "per process (summary.json).", "", *runs_table(report),
+           "per process during training (summary.json), with the bytes of the model part it holds in "
+           "brackets.", "", *runs_table(report),
            "## Scaling with the number of clients", "",
            "CenLoRA at N clients is one process with batch N × batch. On a machine with fewer cores than "
            "processes, the clients of FedLoRA compute in parallel only as far as cores allow, and a job with "

@@ -4,6 +4,10 @@ torchtitan-style: each part is a deep copy of the whole model with what it does 
 own deleted. Blocks are keyed "0".."n-1" in a ModuleDict, so each part keeps the
 original block names and parameter names (a part's state dict is a subset of the
 whole model's), and ``GPT2.forward`` passes through whatever a part owns.
+
+The runtime does not cut whole models any more: each rank builds its part alone
+(``models/parts.py``), with the same result bit for bit; ``split_model`` remains the
+reference those builds are tested against, and a tool for a model already in memory.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def test_cut_rank_sweep_smoke(tmp_path, monkeypatch, capsys):
     assert "SMOKE SCALE" in md
     rows = _rows(md, "# Cut x rank sweep")
     assert rows[0] == ["cut", "r", "client LoRA params", "client MFLOP/token fwd", "client MFLOP/token fwd+bwd",
-                       "client peak RSS MiB", "bytes/step", "val loss"]
+                       "client peak RSS MiB (part)", "server peak RSS MiB (part)", "bytes/step", "val loss"]
     assert [(r[0], r[1]) for r in rows[2:]] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
 
     tiny = PRESETS["tiny"]
@@ -131,6 +131,8 @@ def test_cut_rank_sweep_smoke(tmp_path, monkeypatch, capsys):
         # Down: dL/dh fp32 (B, T, d); up: h + targets (int64) + loss mask (fp32). Padded: every step alike.
         assert row["bytes_per_step"] == 2 * B * T * tiny.n_embd * 4 + B * T * 12
         assert row["client_peak_rss_mib"] > 50 and math.isfinite(row["val_loss"]) and row["local_steps"] == 2
+        # the parts' bytes: the client holds wte + wpe + cut blocks, the server the rest + its frozen head
+        assert 0 < row["client_part_mib"] < row["client_peak_rss_mib"] and row["server_part_mib"] > 0
     for name in cut_rank_sweep.PLOTS:
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name

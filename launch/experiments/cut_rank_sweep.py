@@ -137,6 +137,8 @@ def measure(run_dir: Path, attention: str) -> dict[str, Any] | None:
         "client_peak_rss_mib": max((m.get("cpu_rss_mib", 0.0) for m in mem), default=None),
         "client_cuda_peak_mib": max(cuda) if cuda else None,
         "server_peak_rss_mib": (summary.get("server_memory") or {}).get("cpu_rss_mib"),
+        "client_part_mib": max((m.get("part_mib", 0.0) for m in mem), default=None),
+        "server_part_mib": (summary.get("server_memory") or {}).get("part_mib"),
         "bytes_per_step": statistics.fmean(per_step) if per_step else None,
         "bytes_up_per_step": statistics.fmean(s.get("bytes_up", 0) for s in steps) if steps else None,
         "bytes_down_per_step": statistics.fmean(s.get("bytes_down", 0) for s in steps) if steps else None,
@@ -204,8 +206,9 @@ def render(rows: list[dict[str, Any]]) -> str:
               "0..cut-1).",
               f"- **client FLOPs/token**: `models/flops.py` at T = {first['seq_len']} (matmul FLOPs, attention "
               f"backward counted `{first['flops_attention']}`); fwd and fwd+bwd.",
-              "- **client peak RSS**: largest peak resident memory of a client process (includes the Python/torch "
-              "runtime and the whole model each rank builds before keeping its part).",
+              "- **client / server peak RSS (part)**: largest peak resident memory of a client process, and the "
+              "server's, during training (the Python/torch runtime included; each rank builds only its own part), "
+              "with the bytes of the part it holds in brackets.",
               "- **bytes/step**: activations up + gradients down (+ targets, mask) per client step, measured.",
               "- **val loss**: validation loss after the fixed budget."]
     scored = [r for r in rows if r.get("scores", {}).get("raw")]
@@ -217,13 +220,15 @@ def render(rows: list[dict[str, Any]]) -> str:
     lines += [""]
     cuda = any(r["client_cuda_peak_mib"] is not None for r in rows)
     header = ["cut", "r", "client LoRA params", "client MFLOP/token fwd", "client MFLOP/token fwd+bwd",
-              "client peak RSS MiB"] + (["client CUDA peak MiB"] if cuda else []) + ["bytes/step", "val loss"]
+              "client peak RSS MiB (part)", "server peak RSS MiB (part)"]
+    header += (["client CUDA peak MiB"] if cuda else []) + ["bytes/step", "val loss"]
     header += ["BLEU raw", "BLEU tok", "NIST", "METEOR", "ROUGE_L", "CIDEr"] if scored else []
     body = []
     for r in rows:
         row = [str(r["cut"]), str(r["r"]), fmt_count(r["client_lora_params"]),
                f"{r['client_flops_per_token_fwd'] / 1e6:.4f}", f"{r['client_flops_per_token_train'] / 1e6:.4f}",
-               _num(r["client_peak_rss_mib"], 1)]
+               _with_part(r["client_peak_rss_mib"], r.get("client_part_mib")),
+               _with_part(r["server_peak_rss_mib"], r.get("server_part_mib"))]
         row += [_num(r["client_cuda_peak_mib"], 1)] if cuda else []
         row += [fmt_count(r["bytes_per_step"]), _num(r["val_loss"], 4)]
         row += _score_cells(r.get("scores", {})) if scored else []
@@ -241,6 +246,10 @@ def _score_cells(scores: dict[str, Any]) -> list[str]:
 
     return [pct(raw.get("BLEU")), pct(tok.get("BLEU")), _num(raw.get("NIST"), 4), _num(raw.get("METEOR"), 4),
             pct(raw.get("ROUGE_L")), _num(raw.get("CIDEr"), 4)]
+
+
+def _with_part(rss: float | None, part: float | None) -> str:
+    return _num(rss, 0) + (f" ({part:.0f})" if part is not None else "")
 
 
 def _num(x: float | None, decimals: int) -> str:
