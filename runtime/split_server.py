@@ -3,8 +3,10 @@
 Each client step is three calls into this module, all made by the client:
 
 1. ``server_forward`` (rpc_sync, inside the client's distributed-autograd context):
-   waits for the server to be free (and, in ``round_robin`` order, for this client's
-   turn), runs blocks ``cut..``, ``ln_f``, ``lm_head`` and the loss, returns the loss.
+   queues for the server (and, in ``round_robin`` order, for this client's turn) without
+   holding an RPC thread (``runtime/server_queue.py``: the call returns a future, the
+   admission thread runs the forward), runs blocks ``cut..``, ``ln_f``, ``lm_head`` and
+   the loss, returns the loss.
    U shape (``split.shape=u``): ``server_forward_hidden`` runs the middle blocks only
    and returns their hidden states; the client finishes the forward and the loss.
 2. the client's ``dist_autograd.backward`` runs the server part's backward here (in
@@ -26,13 +28,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from typing import Any
 
 import torch
 import torch.distributed.autograd as dist_autograd
+import torch.distributed.rpc as rpc
 
 from models.loss import model_loss
+from runtime.server_queue import Admission
 from runtime.telemetry import now, stamp, sync
 
 _SERVER: SplitServer | None = None
@@ -67,73 +70,41 @@ class SplitServer:
         # Per-client cuts: the part holds blocks from the lowest cut on; client k's forward
         # starts at its own cut (blocks below it are that client's).
         self.cuts = cuts or {}
-        self.cond = threading.Condition()
-        self.active = list(clients)  # ranks still training, in round-robin order
-        self.busy: int | None = None  # client holding the server between forward and step
-        self.turn = 0  # index into self.active (round_robin only)
+        self.admission = Admission(list(clients), order, timeout)
         self.steps = 0
         self._pending: dict[int, dict[str, Any]] = {}  # per client: timings of the open step
 
-    # -- gate -------------------------------------------------------------------------
-    def _may_enter(self, client: int) -> bool:
-        if client not in self.active:
-            return True  # retired (dropped) while waiting: let _enter raise
-        if self.busy is not None:
-            return False
-        return self.order == "arrival" or self.active[self.turn % len(self.active)] == client
-
-    def _enter(self, client: int) -> float:
-        t0 = now()
-        with self.cond:
-            if client not in self.active:
-                raise RuntimeError(f"client {client} is not (or no longer) registered with the server")
-            if not self.cond.wait_for(lambda: self._may_enter(client), timeout=self.timeout):
-                holder = f"client {self.busy} holds it" if self.busy is not None else "waiting for its turn"
-                raise TimeoutError(f"server: client {client} waited > {self.timeout:.0f}s for the server ({holder})")
-            if client not in self.active:
-                raise RuntimeError(f"client {client} was dropped by the server")
-            self.busy = client
-        return now() - t0
-
-    def _leave(self, client: int) -> None:
-        with self.cond:
-            if self.busy == client:
-                self.busy = None
-                if self.active and self.active[self.turn % len(self.active)] == client:
-                    self.turn = (self.turn + 1) % len(self.active)
-            self.cond.notify_all()
-
     # -- the three calls --------------------------------------------------------------
-    def forward(self, client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        """Vanilla shape: the server part's blocks, ``ln_f``, head and loss; returns the loss."""
+    def forward(self, client: int, h: torch.Tensor, targets: torch.Tensor,
+                loss_mask: torch.Tensor) -> torch.futures.Future:
+        """Vanilla shape: the server part's blocks, ``ln_f``, head and loss; a future of the loss."""
         def run(x: torch.Tensor) -> torch.Tensor:
             return model_loss(self.part, x, targets.to(self.device), loss_mask.to(self.device),
                               self.label_smoothing, first_block=self.cuts.get(client, 0))
 
         return self._forward(client, h, run)
 
-    def forward_hidden(self, client: int, h: torch.Tensor) -> torch.Tensor:
-        """U shape: the middle blocks only; returns their hidden states (B, T, C) in the cut's
-        dtype. No token ids or labels reach the server in this shape."""
+    def forward_hidden(self, client: int, h: torch.Tensor) -> torch.futures.Future:
+        """U shape: the middle blocks only; a future of their hidden states (B, T, C) in the
+        cut's dtype. No token ids or labels reach the server in this shape."""
         return self._forward(client, h, lambda x: self.part(x, first_block=self.cuts.get(client, 0)).to(h.dtype))
 
-    def _forward(self, client: int, h: torch.Tensor, run: Any) -> torch.Tensor:
-        wait = self._enter(client)
-        try:
-            t0 = now()
-            marks: list[float] = []
-            # Cut tensors may arrive in a compressed dtype or through host memory.
-            x = h.to(self.device, dtype=torch.float32)
-            x = stamp(x, marks)  # marks[-1] = when the gradient has crossed the server part
-            out = run(x)  # the loss (vanilla) or hidden states (u)
-            end_marks: list[float] = []
-            out = stamp(out, end_marks)  # end_marks[-1] = server backward starts
-            sync(self.device)
-            self._pending[client] = {"wait": wait, "server_fwd": now() - t0, "marks": marks, "end_marks": end_marks}
-            return out.to(h.device)
-        except BaseException:
-            self._leave(client)
-            raise
+    def _forward(self, client: int, h: torch.Tensor, run: Any) -> torch.futures.Future:
+        return self.admission.submit(client, lambda wait: self._forward_admitted(client, h, run, wait))
+
+    def _forward_admitted(self, client: int, h: torch.Tensor, run: Any, wait: float) -> torch.Tensor:
+        """Runs on the admission thread once ``client`` holds the server."""
+        t0 = now()
+        marks: list[float] = []
+        # Cut tensors may arrive in a compressed dtype or through host memory.
+        x = h.to(self.device, dtype=torch.float32)
+        x = stamp(x, marks)  # marks[-1] = when the gradient has crossed the server part
+        out = run(x)  # the loss (vanilla) or hidden states (u)
+        end_marks: list[float] = []
+        out = stamp(out, end_marks)  # end_marks[-1] = server backward starts
+        sync(self.device)
+        self._pending[client] = {"wait": wait, "server_fwd": now() - t0, "marks": marks, "end_marks": end_marks}
+        return out.to(h.device)
 
     def step(self, client: int, context_id: int, apply: bool = True) -> dict[str, float]:
         """Apply the gradients of ``context_id`` (``apply=False``: a client's probe step, discard them)."""
@@ -155,24 +126,15 @@ class SplitServer:
             timings = {"server_wait": pending["wait"], "server_fwd": pending["server_fwd"],
                        "server_bwd": bwd, "server_opt": now() - t0}
         finally:
-            self._leave(client)
+            self.admission.leave(client)
         if self.on_step is not None and apply:
             self.on_step(client, timings)
         return timings
 
     def retire(self, client: int) -> None:
-        """Take a client that has finished out of the rotation."""
-        with self.cond:
-            if self.busy == client:  # it died holding the server: drop its open step
-                self.busy = None
-                self._pending.pop(client, None)
-            if client in self.active:
-                idx = self.active.index(client)
-                self.active.pop(idx)
-                if idx < self.turn:
-                    self.turn -= 1
-                self.turn = self.turn % len(self.active) if self.active else 0
-            self.cond.notify_all()
+        """Take a client that has finished (or died) out of the rotation."""
+        if self.admission.retire(client):  # it died holding the server: drop its open step
+            self._pending.pop(client, None)
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         from models.lora import lora_state_dict
@@ -185,6 +147,8 @@ class SplitServer:
 
 def install(server: SplitServer | None) -> None:
     global _SERVER
+    if server is None and _SERVER is not None:
+        _SERVER.admission.close()
     _SERVER = server
 
 
@@ -194,12 +158,15 @@ def _get() -> SplitServer:
     return _SERVER
 
 
-def server_forward(client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+@rpc.functions.async_execution
+def server_forward(client: int, h: torch.Tensor, targets: torch.Tensor,
+                   loss_mask: torch.Tensor) -> torch.futures.Future:
     _record("server_forward", h, targets, loss_mask)
     return _get().forward(client, h, targets, loss_mask)
 
 
-def server_forward_hidden(client: int, h: torch.Tensor) -> torch.Tensor:
+@rpc.functions.async_execution
+def server_forward_hidden(client: int, h: torch.Tensor) -> torch.futures.Future:
     _record("server_forward_hidden", h)
     return _get().forward_hidden(client, h)
 
