@@ -68,6 +68,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out", default="runs/heterogeneity")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     p.add_argument("--skip-done", action="store_true", help="reuse runs whose summary.json exists")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: rebuild the table and plot from the finished runs (others show 'not run')")
     a = p.parse_args(argv)
     a.partitions = [x for x in a.partitions.split(",") if x]
     a.strategies = [x for x in a.strategies.split(",") if x]
@@ -134,7 +136,10 @@ def run_one(a: argparse.Namespace, extra: list[str], partition: str, strategy: s
     run_dir = out / name
     row: dict[str, Any] = {"partition": partition, "strategy": strategy, "rank": budget_label(rank),
                            "run_dir": str(run_dir)}
-    if not (a.skip_done and (run_dir / "summary.json").is_file()):
+    done = (run_dir / "summary.json").is_file()
+    if a.table_only and not done:
+        row["rc"], row["error"] = None, "not run"
+    elif not ((a.skip_done or a.table_only) and done):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.clients + 1}",
                "-m", "launch.train", *train_args(a, partition, strategy, rank), f"--out.dir={out}",
                f"--out.name={name}", *extra]
@@ -173,7 +178,8 @@ def markdown_table(rows: list[dict[str, Any]], with_eval: bool) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("rc", 1) != 0 or r.get("val_loss") is None:
-            cells = [r["partition"], r["strategy"], str(r["rank"]), f"failed: {r.get('error', '?')[:60]}", "", ""]
+            what = "not run" if r.get("rc", 1) is None else f"failed: {r.get('error', '?')[:60]}"
+            cells = [r["partition"], r["strategy"], str(r["rank"]), what, "", ""]
             cells += [""] * (len(SCORES) + 1 if with_eval else 0)
         else:
             up = r.get("up_bytes_per_client")
@@ -227,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "table.md").write_text(table)
     plot(rows, a.partitions, a.strategies, [budget_label(r) for r in a.ranks], out / "plot.png")
     print(table)
-    failed = sum(1 for r in rows if r.get("rc") != 0)
-    print(f"heterogeneity: {len(rows) - failed}/{len(rows)} runs ok; table {out / 'table.md'}, plot {out / 'plot.png'}",
+    failed = sum(1 for r in rows if r.get("rc") not in (0, None))
+    ok = sum(1 for r in rows if r.get("rc") == 0)
+    print(f"heterogeneity: {ok}/{len(rows)} runs ok; table {out / 'table.md'}, plot {out / 'plot.png'}",
           file=sys.stderr)
     return 1 if failed else 0
 

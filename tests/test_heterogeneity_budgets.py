@@ -50,3 +50,21 @@ def test_main_refuses_before_running_anything(tmp_path):
     with pytest.raises(SystemExit):
         main(["--ranks", "1/2/4", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_table_only_reads_finished_runs_and_runs_nothing(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    def no_run(*a, **k):
+        raise AssertionError("--table-only must not start a run")
+
+    monkeypatch.setattr(subprocess, "run", no_run)
+    done = tmp_path / "runs" / "iid-fedavg-r1"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"val_loss": 1.5, "clients": {"1": {"comm": {"up_bytes": 2048}}}}))
+    assert main(["--strategies", "fedavg,ffa", "--ranks", "1", "--partitions", "iid", "--table-only",
+                 "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[2] == "| iid | fedavg | 1 | 1.5000 | 4.48 | 2.0 |"
+    assert table[3] == "| iid | ffa | 1 | not run |  |  |"
