@@ -80,8 +80,8 @@ def hf_beam_search(hf: torch.nn.Module, prompts: list[list[int]], cfg: DecodeCon
         mask[i, T - len(p) :] = 1
     with torch.inference_mode():
         out = hf.generate(
-            ids,
-            attention_mask=mask,
+            ids.to(hf.device),
+            attention_mask=mask.to(hf.device),
             num_beams=cfg.num_beams,
             length_penalty=cfg.length_penalty,
             no_repeat_ngram_size=cfg.no_repeat_ngram_size or None,
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per side; the best is reported")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides decode there)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument(
         "--prompt-end",
         choices=("eos", "none", "both"),
@@ -138,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     model = GPT2(build_config(args.model, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)).eval()
-    hf = to_transformers(model)
+    hf = to_transformers(model).to(args.device)
+    model = model.to(args.device)
+    results = []
     cfg = DecodeConfig(num_beams=args.beams, max_new_tokens=args.max_new_tokens)
 
     import transformers
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         f"max_new_tokens={cfg.max_new_tokens} early_stopping={cfg.early_stopping}"
     )
     print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, CPU threads={torch.get_num_threads()}, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, device {args.device}, "
+        f"CPU threads={torch.get_num_threads()}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs, best of {args.repeats} (alternating)"
     )
     print(f"{'prompts':16}{'':14}{'wall s':>8}{'CPU s':>8}{'tokens':>8}{'tok/s wall':>11}{'tok/s CPU':>10}")
@@ -172,10 +177,19 @@ def main(argv: list[str] | None = None) -> None:
             name = ""
         n_ours, n_hf = sum(map(len, ours)), sum(map(len, theirs))
         agree = sum(a == b for a, b in zip(ours, theirs))
+        results.append({"prompt_end": label, "prompts": len(prompts), "equal_outputs": agree,
+                        "ours": {"wall_s": w_ours, "cpu_s": c_ours, "tokens": n_ours},
+                        "transformers": {"wall_s": w_hf, "cpu_s": c_hf, "tokens": n_hf}})
         print(
             f"{'':16}speed-up (tokens/s): wall {(n_ours / w_ours) / (n_hf / w_hf):.2f}x, "
             f"CPU {(n_ours / c_ours) / (n_hf / c_hf):.2f}x; outputs equal for {agree}/{len(prompts)} prompts"
         )
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "device": args.device, "beams": cfg.num_beams, "torch": torch.__version__,
+                       "transformers": transformers.__version__, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

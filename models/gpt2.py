@@ -254,8 +254,9 @@ class GPT2(nn.Module):
         h = nn.ModuleDict({str(i): piece(f"transformer.h.{i}", lambda: Block(config)) for i in range(config.n_layer)})
         ln_f = piece("transformer.ln_f", lambda: nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon))
         self.transformer = nn.ModuleDict(dict(wte=wte, wpe=wpe, drop=drop, h=h, ln_f=ln_f))
-        self.lm_head: nn.Linear | None = piece("lm_head", lambda: nn.Linear(config.n_embd, config.vocab_size,
-                                                                             bias=False))
+        # The head's own (V, C) weight is replaced by the tie at once: never materialise it.
+        self.lm_head: nn.Linear | None = piece("lm_head (untied weight, discarded)",
+                                               lambda: nn.Linear(config.n_embd, config.vocab_size, bias=False))
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in the released checkpoints
         self.apply(lambda m: self._init_weights(m, replay))
         # GPT-2 scales the init of the projections that write into the residual stream

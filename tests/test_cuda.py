@@ -1,0 +1,113 @@
+"""The CUDA path: NCCL aggregation, the split cut on a GPU (host-staged and device maps),
+FedLoRA, beam search, a bf16 cut, several ranks sharing one GPU.
+
+Marked ``cuda``; skipped where CUDA is absent. ``SPLITLORA_CHECK_DEVICE=cpu`` runs the same
+tests on the CPU (``launch/gpu_check.sh --dry-run``), so they cannot rot between GPU runs.
+Tolerances are stated per test: GPU kernels (cuBLAS, SDPA) sum in other orders than the CPU's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.torchrun_util import torchrun
+
+DEVICE = os.environ.get("SPLITLORA_CHECK_DEVICE", "cuda")
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                       reason="no CUDA device here (SPLITLORA_CHECK_DEVICE=cpu runs these tests on the CPU)"),
+]
+DEV = [f"--runtime.device={DEVICE}"]
+EXACT = ["--lora.dropout=0", "--model.dropout=0", "--data.partition=contiguous", "--runtime.order=round_robin"]
+
+
+def _lora(run) -> dict[str, torch.Tensor]:
+    return load_file(str(run.run_dir / "model/lora.safetensors"))
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, (a[k] - b[k]).abs().max().item())
+
+
+def test_fedavg_over_the_client_group_equals_the_cpu_result(tmp_path):
+    """NCCL (cuda) or gloo (cpu) all_reduce of client adapters: the same model as a CPU run (atol 1e-4)."""
+    args = ["--method=fedlora", "--train.max_steps=4", "--fed.aggregate_every=1", *EXACT]
+    dev = torchrun(3, [*args, *DEV], tmp_path, "dev", timeout=300)
+    cpu = torchrun(3, [*args, "--runtime.device=cpu"], tmp_path, "cpu", timeout=300)
+    assert dev.rc == 0 and cpu.rc == 0, (dev.stderr[-2000:], cpu.stderr[-2000:])
+    _close(_lora(dev), _lora(cpu), 1e-4)
+    c1 = torch.load(dev.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["lora"]
+    c2 = torch.load(dev.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["lora"]
+    assert all(torch.equal(c1[k], c2[k]) for k in c1)  # the all_reduce left every client the same average
+
+
+COMMON = ["--train.max_steps=4", *EXACT, *DEV]
+
+
+@pytest.fixture(scope="module")
+def cenlora_run(tmp_path_factory):
+    run = torchrun(1, ["--method=cenlora", *COMMON], tmp_path_factory.mktemp("cen"), "cen", timeout=300)
+    assert run.rc == 0, run.stderr[-2000:]
+    return run
+
+
+# The cut modes differ on CUDA only (on the CPU both send the tensors as they are).
+MODES = ["host", "device_maps"] if DEVICE == "cuda" else ["host"]
+
+
+@pytest.mark.parametrize("cut_mode", MODES)
+@pytest.mark.parametrize("shape", ["vanilla", "u"])
+def test_one_client_split_equals_cenlora_on_the_device(tmp_path, cenlora_run, cut_mode, shape):
+    """The cut is invisible on the device too (atol 1e-5), with the cut staged through host
+    memory or sent GPU to GPU (``runtime.cuda_cut=device_maps``)."""
+    split = torchrun(2, ["--method=splitlora", f"--split.shape={shape}", "--split.cut=2",
+                         f"--runtime.cuda_cut={cut_mode}", *COMMON], tmp_path, "split", timeout=300)
+    assert split.rc == 0, split.stderr[-2000:]
+    _close(_lora(cenlora_run), _lora(split), 1e-5)
+    assert abs(cenlora_run.summary()["loss_last"] - split.summary()["loss_last"]) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["splitlora", "fedlora"])
+def test_two_clients_train_and_aggregate_on_the_device(tmp_path, method):
+    run = torchrun(3, [f"--method={method}", "--train.max_steps=8", "--fed.aggregate_every=4", *DEV], tmp_path,
+                   timeout=300)
+    assert run.rc == 0, run.stderr[-3000:]
+    s = run.summary()
+    assert s["loss_last"] < s["loss_first"], (s["loss_first"], s["loss_last"])
+    assert len([r for r in run.metrics() if r.get("kind") == "aggregate"]) == 2 * 2
+    if DEVICE == "cuda":
+        assert all(c["memory"].get("cuda_peak_mib", 0) > 0 for c in s["clients"].values())
+
+
+def test_bf16_cut_on_the_device(tmp_path):
+    run = torchrun(3, ["--train.max_steps=4", "--split.cut_dtype=bf16", "--split.cut=2", *DEV], tmp_path,
+                   timeout=300)
+    assert run.rc == 0, run.stderr[-3000:]
+    for r in (r for r in run.metrics() if r.get("kind") == "step"):
+        assert r["bytes_down"] == r["tokens"] * 64 * 2  # the activation gradient: bf16 (B, T, 64)
+
+
+def test_ranks_share_one_device(tmp_path):
+    """4 ranks (server + 3 clients); rank k uses GPU k mod n, so with one GPU all share it."""
+    run = torchrun(4, ["--train.max_steps=4", "--fed.aggregate_every=2", *DEV], tmp_path, timeout=300)
+    assert run.rc == 0, run.stderr[-3000:]
+    assert run.summary()["n_clients"] == 3 and "out of memory" not in run.stderr.lower()
+
+
+def test_beam_search_on_the_device_gives_the_cpu_tokens():
+    from models.generate import DecodeConfig, beam_search
+    from models.gpt2 import GPT2, GPT2Config
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=3, n_head=4)).eval()
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15]]
+    cfg = DecodeConfig(num_beams=4, max_new_tokens=12, no_repeat_ngram_size=3, stop_tokens=(0,))
+    want = beam_search(model, prompts, cfg)
+    assert beam_search(model.to(DEVICE), prompts, cfg) == want

@@ -1,0 +1,29 @@
+"""launch/gpu_check.sh --dry-run: the GPU check's every step, on the CPU with tiny sizes."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(1200)
+def test_gpu_check_dry_run_writes_its_report(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run(["bash", str(REPO / "launch/gpu_check.sh"), "--dry-run", str(out)], capture_output=True,
+                          text=True, timeout=1150)
+    assert proc.returncode == 0, (proc.stderr[-3000:], (out / "tests.log").read_text()[-3000:]
+                                  if (out / "tests.log").exists() else "")
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["env"]["device"] == "cpu"
+    assert rep["tests"]["counts"]["passed"] >= 6 and rep["tests"]["counts"]["failed"] == 0
+    ids = {r["id"] for r in rep["bench"]["runs"]}
+    assert {"cenlora-n1", "splitlora-n1", "splitlora-n2", "splitlora-n1-bf16"} <= ids
+    assert rep["bench"]["split_over_cen_step_time_1_client"] > 0
+    assert rep["decode"]["results"] and rep["decode"]["results"][0]["equal_outputs"] >= 1
+    md = (out / "report.md").read_text()
+    for heading in ("## CUDA tests", "## Training benchmark", "## Beam-10 decoding"):
+        assert heading in md
