@@ -167,6 +167,22 @@ def run_one(a: argparse.Namespace, extra: list[str], partition: str, strategy: s
 
 
 
+def budget_twin(a: argparse.Namespace, rows: list[dict[str, Any]], partition: str,
+                strategy: str) -> dict[str, Any] | None:
+    """With --global-rank, a strategy that ignores fed.client_ranks trains the same model at
+    every budget: the row of its first budget stands for the others (run once)."""
+    from runtime.strategies import STRATEGIES as CLASSES
+
+    if not a.global_rank or CLASSES[strategy].uses_rank_budgets:
+        return None
+    return next((r for r in rows if r["partition"] == partition and r["strategy"] == strategy
+                 and r.get("rc") == 0 and "same_as" not in r), None)
+
+
+def twin_row(twin: dict[str, Any], rank: Budget) -> dict[str, Any]:
+    return {**twin, "rank": budget_label(rank), "same_as": twin["rank"]}
+
+
 def _fmt(x: float | None, spec: str) -> str:
     return "–" if x is None else format(x, spec)
 
@@ -183,7 +199,8 @@ def markdown_table(rows: list[dict[str, Any]], with_eval: bool) -> str:
             cells += [""] * (len(SCORES) + 1 if with_eval else 0)
         else:
             up = r.get("up_bytes_per_client")
-            cells = [r["partition"], r["strategy"], str(r["rank"]), _fmt(r["val_loss"], ".4f"), _fmt(r["ppl"], ".2f"),
+            rank = str(r["rank"]) + (f" (= {r['same_as']}: ignores r_k)" if "same_as" in r else "")
+            cells = [r["partition"], r["strategy"], rank, _fmt(r["val_loss"], ".4f"), _fmt(r["ppl"], ".2f"),
                      _fmt(None if up is None else up / 1024, ".1f")]
             if with_eval:
                 ev = r.get("eval") or {}
@@ -226,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     a, extra = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run_one(a, extra, part, strategy, rank)
-            for part in a.partitions for rank in a.ranks for strategy in a.strategies]
+    rows = []
+    for part in a.partitions:
+        for rank in a.ranks:
+            for strategy in a.strategies:
+                twin = budget_twin(a, rows, part, strategy)
+                rows.append(twin_row(twin, rank) if twin else run_one(a, extra, part, strategy, rank))
     (out / "results.json").write_text(json.dumps({"args": vars(a), "extra": extra, "rows": rows}, indent=2))
     table = markdown_table(rows, a.eval)
     (out / "table.md").write_text(table)

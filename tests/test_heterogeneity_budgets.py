@@ -68,3 +68,21 @@ def test_table_only_reads_finished_runs_and_runs_nothing(tmp_path, monkeypatch):
     table = (tmp_path / "table.md").read_text().splitlines()
     assert table[2] == "| iid | fedavg | 1 | 1.5000 | 4.48 | 2.0 |"
     assert table[3] == "| iid | ffa | 1 | not run |  |  |"
+
+
+def test_a_strategy_that_ignores_budgets_runs_once(tmp_path, monkeypatch):
+    """fedavg trains r_G ranks whatever fed.client_ranks says: its first budget's run stands
+    for the others; flexlora uses the budgets and needs a run per budget."""
+    import json
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no runs")))
+    done = tmp_path / "runs" / "iid-fedavg-r8"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"val_loss": 1.5, "clients": {}}))
+    assert main(["--strategies", "fedavg,flexlora", "--ranks", "8,1", "--global-rank", "8", "--partitions", "iid",
+                 "--table-only", "--out", str(tmp_path)]) == 0
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert lines[2].startswith("| iid | fedavg | 8 | 1.5000 |") and lines[3].startswith("| iid | flexlora | 8 | not run")
+    assert lines[4].startswith("| iid | fedavg | 1 (= 8: ignores r_k) | 1.5000 |")
+    assert lines[5].startswith("| iid | flexlora | 1 | not run")

@@ -71,6 +71,7 @@ class Strategy:
 
     name = "none"
     modifies_base = False  # True if aggregation merges updates into the frozen base weights
+    uses_rank_budgets = False  # True if fed.client_ranks (r_k) changes what a client trains or sends
     options: tuple[str, ...] = ()  # FedConfig fields the constructor takes by name (see build_strategy)
 
     def param_groups(self, module: nn.Module, lr: float) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ class FlexLoRA(Strategy):
     """FlexLoRA: weighted sum of full-size updates, SVD, rank-r_k truncation per client."""
 
     name = "flexlora"
+    uses_rank_budgets = True
 
     def setup(self, ctx: ClientContext) -> None:
         use_first_ranks(ctx.module, ctx.rank_budget)

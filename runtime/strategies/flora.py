@@ -67,6 +67,7 @@ class FLoRA(Strategy):
     """FLoRA: gather every client's factors, merge the exact stacked product into the base, restart."""
 
     name = "flora"
+    uses_rank_budgets = True
     modifies_base = True
 
     def setup(self, ctx: ClientContext) -> None:

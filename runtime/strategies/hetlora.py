@@ -77,6 +77,7 @@ class HetLoRA(Strategy):
     """HetLoRA: zero-padded weighted averaging of heterogeneous ranks; client k keeps its first r_k."""
 
     name = "hetlora"
+    uses_rank_budgets = True
 
     def setup(self, ctx: ClientContext) -> None:
         use_first_ranks(ctx.module, ctx.rank_budget)

@@ -103,6 +103,7 @@ class LoRAA2(Strategy):
     """LoRA-A2: alternating freeze, per-round top-(r_k·N) slot selection, masked local training."""
 
     name = "lora-a2"
+    uses_rank_budgets = True
     options = ("lr_b_ratio", "probe_steps")
 
     def __init__(self, lr_b_ratio: float = 5.0, probe_steps: int = 5) -> None:
