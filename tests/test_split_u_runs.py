@@ -69,7 +69,13 @@ def test_u_bytes_halve_with_a_bf16_cut(tmp_path):
         assert r["bytes_up"] == r["bytes_down"] == 2 * b * t * 64 * 2
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+# Three in the default suite (a factor average, rank selection with budgets, a base-merging
+# strategy); the others with the heavy cases (python -m pytest -m "heavy or not heavy").
+DEFAULT = ("fedavg", "lora-a2", "flora")
+
+
+@pytest.mark.parametrize("strategy", [s if s in DEFAULT else pytest.param(s, marks=pytest.mark.heavy)
+                                      for s in sorted(STRATEGIES)])
 def test_every_strategy_trains_in_u_shape(tmp_path, strategy):
     args = [*U, f"--fed.strategy={strategy}", "--train.max_steps=6", "--fed.aggregate_every=3", "--lora.r=4"]
     if strategy in ("flexlora", "hetlora", "lora-a2", "flora"):
