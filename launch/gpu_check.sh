@@ -29,7 +29,7 @@ start=$(date +%s)
 status=0
 
 if [ $dry -eq 1 ]; then
-  device=cpu model=tiny steps=4 warmup=1 batch=2 seq=32 prompts=2 scaling=1,2
+  device=cpu model=tiny steps=4 warmup=1 batch=2 seq=64 prompts=2 scaling=1,2
 else
   device=cuda model=gpt2 steps=20 warmup=5 batch=8 seq=128 prompts=8 scaling=1,2,4
 fi
