@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# .ci/run runs the dry run as its own step; here with the heavy cases (-m "heavy or not heavy").
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.mark.timeout(1200)
@@ -19,9 +20,9 @@ def test_gpu_check_dry_run_writes_its_report(tmp_path):
                                   if (out / "tests.log").exists() else "")
     rep = json.loads((out / "report.json").read_text())
     assert rep["env"]["device"] == "cpu"
-    assert rep["tests"]["counts"]["passed"] >= 6 and rep["tests"]["counts"]["failed"] == 0
+    assert rep["tests"]["counts"]["passed"] >= 3 and rep["tests"]["counts"]["failed"] == 0
     ids = {r["id"] for r in rep["bench"]["runs"]}
-    assert {"cenlora-n1", "splitlora-n1", "splitlora-n2", "splitlora-n1-bf16"} <= ids
+    assert {"cenlora-n1", "splitlora-n1", "splitlora-n1-bf16"} <= ids
     assert rep["bench"]["split_over_cen_step_time_1_client"] > 0
     assert rep["decode"]["results"] and rep["decode"]["results"][0]["equal_outputs"] >= 1
     md = (out / "report.md").read_text()
