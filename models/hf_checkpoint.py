@@ -79,15 +79,18 @@ def _our_key(hf_key: str) -> str | None:
 def _read_weights(ckpt_dir: Path, want: Callable[[str], bool] | None = None) -> dict[str, Tensor]:
     """The checkpoint's tensors (its own key names); with ``want`` (called with our key name),
     only those it accepts: read one by one from safetensors, filtered after a whole read of .bin."""
+    def wanted(key: str) -> bool:
+        ours = _our_key(key)
+        return want is None or (ours is not None and want(ours))
+
     st = ckpt_dir / "model.safetensors"
     if st.is_file():
         from safetensors import safe_open
 
         with safe_open(str(st), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()
-                    if want is None or ((ours := _our_key(k)) is not None and want(ours))}
+            return {k: f.get_tensor(k) for k in f.keys() if wanted(k)}
     state = torch.load(ckpt_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    return {k: v for k, v in state.items() if want is None or ((ours := _our_key(k)) is not None and want(ours))}
+    return {k: v for k, v in state.items() if wanted(k)}
 
 
 def _convert_hf_state_dict(hf_state: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:

@@ -50,6 +50,22 @@ class Stepper:
         for p in self.params:
             p.grad = None
 
+    @staticmethod
+    def _to_cut(h: torch.Tensor, cut_dtype: str, via_host: bool) -> torch.Tensor:
+        """What crosses the cut: a differentiable cast (gradients come back in this dtype),
+        staged through host memory for CUDA (CUDA RPC is not compatible with dist autograd)."""
+        send = h.to(CUT_DTYPES[cut_dtype])
+        return send.cpu() if via_host and send.is_cuda else send
+
+    def _server_step(self, rank: int, ctx: int) -> dict[str, float]:
+        """The server applies this context's gradients; this client collects its own."""
+        server_times = rpc.rpc_sync(SERVER, split_server.server_step, args=(rank, ctx, self.update_server))
+        grads = dist_autograd.get_gradients(ctx)
+        # Parameters a strategy froze for this round (requires_grad False) get no gradient.
+        for p in self.params:
+            p.grad = grads.get(p)
+        return server_times
+
     def local_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Forward, backward and update of a whole model in this process."""
         ids, targets, mask = (batch[k].to(self.device) for k in ("input_ids", "targets", "loss_mask"))
@@ -74,9 +90,7 @@ class Stepper:
             marks: list[float] = []
             h = self.module(ids.to(self.device))  # (B, T, C) activations at the cut
             h = stamp(h, marks)  # marks[-1]: the gradient is back across the cut
-            send = h.to(CUT_DTYPES[cut_dtype])  # differentiable cast: gradients come back in this dtype
-            if via_host and send.is_cuda:
-                send = send.cpu()  # CUDA RPC is not compatible with dist autograd: stage through host
+            send = self._to_cut(h, cut_dtype, via_host)
             sync(self.device)
             t1 = now()
             loss = rpc.rpc_sync(SERVER, split_server.server_forward, args=(rank, send, targets, mask))
@@ -84,12 +98,8 @@ class Stepper:
             dist_autograd.backward(ctx, [loss])
             sync(self.device)
             t3 = now()
-            server_times = rpc.rpc_sync(SERVER, split_server.server_step, args=(rank, ctx, self.update_server))
+            server_times = self._server_step(rank, ctx)
             t4 = now()
-            grads = dist_autograd.get_gradients(ctx)
-            # Parameters a strategy froze for this round (requires_grad False) get no gradient.
-            for p in self.params:
-                p.grad = grads.get(p)
         self._apply()
         sync(self.device)
         t5 = now()
@@ -127,9 +137,7 @@ class Stepper:
             front_marks: list[float] = []
             h = self.module(ids, stop_block=cut)  # (B, T, C) activations at the first cut
             h = stamp(h, front_marks)  # front_marks[-1]: the gradient is back from the server
-            send = h.to(CUT_DTYPES[cut_dtype])
-            if via_host and send.is_cuda:
-                send = send.cpu()
+            send = self._to_cut(h, cut_dtype, via_host)
             sync(self.device)
             t1 = now()
             mid = rpc.rpc_sync(SERVER, split_server.server_forward_hidden, args=(rank, send))  # (B, T, C)
@@ -143,11 +151,8 @@ class Stepper:
             dist_autograd.backward(ctx, [loss])
             sync(self.device)
             t4 = now()
-            server_times = rpc.rpc_sync(SERVER, split_server.server_step, args=(rank, ctx, self.update_server))
+            server_times = self._server_step(rank, ctx)
             t5 = now()
-            grads = dist_autograd.get_gradients(ctx)
-            for p in self.params:
-                p.grad = grads.get(p)
         self._apply()
         sync(self.device)
         t6 = now()
