@@ -88,11 +88,10 @@ def test_server_killed_ends_every_client(tmp_path):
         time.sleep(0.5)
     assert metrics.exists(), "the run never started"
     os.kill(procs[0].pid, signal.SIGKILL)
-    t0 = time.monotonic()
-    results = wait_all(procs, timeout=250)
+    results = wait_all(procs, timeout=250)  # hang guard, far below the 600 s RPC timeout
     assert all(code != 0 for code, _ in results[1:])
-    assert all("server is unreachable" in err for _, err in results[1:])
-    assert time.monotonic() - t0 < 250  # promptly, not after the 600 s RPC timeout
+    # Ended by the watchdog's verdict, not by an RPC timeout.
+    assert all("server is unreachable" in err and "timed out" not in err.lower() for _, err in results[1:])
 
 
 @pytest.mark.heavy

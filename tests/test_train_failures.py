@@ -1,6 +1,5 @@
 """Every failure ends every rank non-zero, with a one-line message, in bounded time."""
 
-import time
 
 import pytest
 
@@ -59,15 +58,13 @@ def test_missing_data_names_the_variable_and_download_command(tmp_path):
 
 @pytest.mark.parametrize("method", ["splitlora", "fedlora"])
 def test_client_raising_mid_step_ends_every_rank(tmp_path, method):
-    # An RPC timeout far above the time bound: a rank that only ended by timing out fails the test, while a
-    # loaded machine (slow start-up) still passes.
-    t0 = time.monotonic()
+    # An RPC timeout (600 s) far above the run's hang guard (280 s): a rank that only ended by timing out
+    # fails the test; the outcome checked is how the ranks ended, not how fast.
     run = torchrun(3, [f"--method={method}", "--train.max_steps=30", "--runtime.rpc_timeout=600"], tmp_path,
                    timeout=280, env={"SPLITLORA_INJECT_FAULT": "raise:2:3"})
-    elapsed = time.monotonic() - t0
     assert run.rc != 0
     lines = _error_lines(run.stderr)
     assert any("[rank 2]" in ln and "injected fault on rank 2 at step 3" in ln for ln in lines), run.stderr[-3000:]
     assert all("\n" not in ln for ln in lines)
-    assert elapsed < 280  # well within the 600 s RPC timeout: no rank waited for it
+    assert not any("timed out" in ln.lower() or "timeout" in ln.lower() for ln in lines)  # ended by propagation
     assert not (run.run_dir / "summary.json").exists()
