@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["lm_loss", "model_loss"]
+__all__ = ["lm_loss", "model_loss", "model_loss_groups"]
 
 
 def lm_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -50,3 +51,35 @@ def model_loss(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor, 
                                 label_smoothing=label_smoothing)  # (N,)
     weights = loss_mask[select].float()
     return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def model_loss_groups(model: nn.Module, xs: list[Tensor], targets: list[Tensor], loss_masks: list[Tensor],
+                      label_smoothing: float = 0.0, **forward_kwargs: object) -> tuple[Tensor, Tensor]:
+    """One forward of ``model`` over several groups' batches at once; each group's loss parts.
+
+    xs[k]: hidden states (B_k, T_k, C) (or token ids (B_k, T_k)); targets[k], loss_masks[k]
+    (B_k, T_k). The groups are right-padded to the longest T and concatenated along the batch:
+    with causal attention a padded position changes no real token's value, and the mask
+    keeps it out of the loss. Returns ``(sums, counts)``, both (K,) fp32: group k's summed
+    weighted per-token loss and its mask weight, so its own loss (as :func:`model_loss` on
+    its batch alone) is ``sums[k] / counts[k].clamp_min(1)`` and the loss of the union as one
+    batch is ``sums.sum() / counts.sum().clamp_min(1)``.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if not xs or not len(xs) == len(targets) == len(loss_masks):
+        raise ValueError(f"need one targets and loss_mask per group; got {len(xs)}, {len(targets)}, {len(loss_masks)}")
+    T = max(x.shape[1] for x in xs)
+    pad = [T - x.shape[1] for x in xs]
+    x = torch.cat([F.pad(x, (0, 0, 0, p) if x.dim() == 3 else (0, p)) for x, p in zip(xs, pad)])
+    tgt = torch.cat([F.pad(t, (0, p)) for t, p in zip(targets, pad)])  # padded targets are never selected
+    mask = torch.cat([F.pad(m, (0, p)) for m, p in zip(loss_masks, pad)])  # (sum B_k, T)
+    select = mask > 0
+    logits = model(x, select=select, **forward_kwargs)  # (N, V): selected tokens, row-major
+    per_token = F.cross_entropy(logits.float(), tgt[select], reduction="none", label_smoothing=label_smoothing)
+    weights = mask[select].float()
+    # Row-major selection: group k's tokens are one contiguous run of the selected vector.
+    sizes = [int(s.sum()) for s in select.split([m.shape[0] for m in loss_masks])]
+    sums = torch.stack([part.sum() for part in (per_token * weights).split(sizes)])
+    counts = torch.stack([part.sum() for part in weights.split(sizes)])
+    return sums, counts

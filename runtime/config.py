@@ -98,6 +98,11 @@ class SplitConfig:
     # u: the client also holds the end (blocks head_cut.., ln_f, head, loss); only hidden states cross
     shape: str = "vanilla"
     head_cut: int = 0  # u: first block of the client's back end; 0 = n_layer (back end = ln_f + head only)
+    # Batched serving (runtime/server_batching.py): one server forward/backward/update over every
+    # waiting client's activations; off = one client at a time, one server update per client step
+    server_batching: bool = False
+    batch_window_ms: float = 20.0  # arrival order: a batch closes this long after its first request at the latest
+    max_batch_clients: int = 0  # most clients in one batch; 0 = no cap
 
     def cuts(self, n_clients: int) -> list[int]:
         """The cut of every client (index 0 = rank 1)."""
@@ -110,10 +115,18 @@ class SplitConfig:
         _check(self.shape in ("vanilla", "u"), f"split.shape must be vanilla|u, got {self.shape!r}")
         _check(self.head_cut >= 0, f"split.head_cut must be >= 0 (0 = n_layer), got {self.head_cut}")
         _check(self.shape == "u" or self.head_cut == 0, "split.head_cut applies to split.shape=u only")
+        _check(self.batch_window_ms >= 0, f"split.batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        _check(self.max_batch_clients >= 0, f"split.max_batch_clients must be >= 0 (0 = no cap), "
+                                            f"got {self.max_batch_clients}")
+        _check(not self.server_batching or self.shape == "vanilla",
+               "split.server_batching supports split.shape=vanilla only (the U shape serves one client at a time)")
         try:
             self.cuts(1)
         except ValueError:
             raise ConfigError(f"split.client_cuts must be a comma list of ints, got {self.client_cuts!r}") from None
+        _check(not self.server_batching or len(set(self.cuts(1))) <= 1,
+               f"split.server_batching needs one cut for every client (split.client_cuts={self.client_cuts!r}): "
+               f"a batch runs one forward from one block")
 
 
 @dataclass

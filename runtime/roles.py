@@ -182,7 +182,7 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
         server = split_server.SplitServer(
             part, opt, sched, device=world.device, clients=list(range(1, world.world_size)),
             order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout,
-            cuts={rank: cuts[rank - 1] for rank in range(1, world.world_size)})
+            cuts={rank: cuts[rank - 1] for rank in range(1, world.world_size)}, batching=_batching(cfg, coord))
         split_server.install(server)
         if plan.start_step:
             state = load_rank(run_dir, plan.start_step, "server")
@@ -233,6 +233,14 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     split_server.install(None)
     coordinator.install(None)
     return summary
+
+
+def _batching(cfg: Config, coord: coordinator.Coordinator) -> split_server.Batching | None:
+    """Batched serving's settings; every batch's composition goes to metrics.jsonl."""
+    if not cfg.split.server_batching:
+        return None
+    return split_server.Batching(window_s=cfg.split.batch_window_ms / 1000.0,
+                                 max_clients=cfg.split.max_batch_clients, on_batch=lambda rec: coord.log([rec]))
 
 
 def build_server_part(cfg: Config, cut: int) -> torch.nn.Module:

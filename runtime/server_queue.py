@@ -28,8 +28,9 @@ POLL_S = 0.5  # how often the server thread checks waiting requests for their ti
 
 @dataclass
 class _Request:
-    run: Callable[[float], Any]  # run(wait_seconds) -> result, on the server thread once admitted
+    run: Callable[[float], Any] | None  # run(wait_seconds) -> result, on the server thread once admitted
     future: torch.futures.Future
+    payload: Any = None  # batched serving: what the batch runner needs from this request
     since: float = field(default_factory=now)
 
 
@@ -46,8 +47,9 @@ class Admission:
         self.thread = threading.Thread(target=self._serve, name="split-server-admission", daemon=True)
         self.thread.start()
 
-    def submit(self, client: int, run: Callable[[float], Any]) -> torch.futures.Future:
-        """Queue ``run`` for ``client``; the future completes with its result (or its error)."""
+    def submit(self, client: int, run: Callable[[float], Any] | None, payload: Any = None) -> torch.futures.Future:
+        """Queue ``run`` (or ``payload``, batched) for ``client``; the future completes with its
+        result (or its error)."""
         future: torch.futures.Future = torch.futures.Future()
         with self.cond:
             if client not in self.active:
@@ -56,7 +58,7 @@ class Admission:
             if client in self.waiting:
                 future.set_exception(RuntimeError(f"client {client} already has a request waiting for the server"))
                 return future
-            self.waiting[client] = _Request(run, future)
+            self.waiting[client] = _Request(run, future, payload)
             self.cond.notify_all()
         return future
 
@@ -110,25 +112,44 @@ class Admission:
                 request.future.set_exception(TimeoutError(
                     f"server: client {client} waited > {self.timeout:.0f}s for the server ({holder})"))
 
+    def _wait_s(self) -> float:
+        """How long the server thread may sleep before it must look again."""
+        return POLL_S
+
+    def _take(self) -> list[tuple[int, _Request]]:
+        """Under the lock: the requests to run now (sequential: the next client, who then holds
+        the server until ``leave``); [] when nobody may run yet."""
+        client = self._next()
+        if client is None:
+            return []
+        self.busy = client
+        return [(client, self.waiting.pop(client))]
+
+    def _run(self, taken: list[tuple[int, _Request]]) -> None:
+        """Outside the lock: run what ``_take`` chose and complete its future(s)."""
+        (client, request), = taken
+        assert request.run is not None
+        try:
+            result = request.run(now() - request.since)
+        except BaseException as exc:  # noqa: BLE001 - the client gets the error through its future
+            self.leave(client)
+            request.future.set_exception(exc)
+            return
+        request.future.set_result(result)
+
     def _serve(self) -> None:
         while True:
             with self.cond:
-                self.cond.wait_for(lambda: self.closed or self._next() is not None, timeout=POLL_S)
+                self.cond.wait_for(lambda: self.closed or bool(self._take_ready()), timeout=self._wait_s())
                 if self.closed:
                     for request in self.waiting.values():
                         request.future.set_exception(RuntimeError("the server is shutting down"))
                     self.waiting.clear()
                     return
                 self._expire()
-                client = self._next()
-                if client is None:
-                    continue
-                request = self.waiting.pop(client)
-                self.busy = client
-            try:
-                result = request.run(now() - request.since)
-            except BaseException as exc:  # noqa: BLE001 - the client gets the error through its future
-                self.leave(client)
-                request.future.set_exception(exc)
-                continue
-            request.future.set_result(result)
+                taken = self._take()
+            if taken:
+                self._run(taken)
+
+    def _take_ready(self) -> bool:
+        return self._next() is not None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,10 +36,20 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from models.loss import model_loss
+from runtime.server_batching import BatchAdmission, BatchRunner, Work
 from runtime.server_queue import Admission
 from runtime.telemetry import now, stamp, sync
 
 _SERVER: SplitServer | None = None
+
+
+@dataclass
+class Batching:
+    """Batched serving's settings (``split.server_batching``; see runtime/server_batching.py)."""
+
+    window_s: float = 0.02
+    max_clients: int = 0  # 0 = no cap
+    on_batch: Any = None  # callback(record) after every batch (the run's metrics.jsonl)
 # Test hook: a file to which the server appends, per forward call, what it received from
 # the client (dtype and shape of every tensor argument); the privacy tests read it.
 RECORD_ENV = "SPLITLORA_RECORD_SERVER_INPUTS"
@@ -57,7 +68,8 @@ class SplitServer:
     def __init__(self, part: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
                  clients: list[int], order: str, label_smoothing: float, timeout: float,
-                 on_step: Any = None, cuts: dict[int, int] | None = None) -> None:
+                 on_step: Any = None, cuts: dict[int, int] | None = None,
+                 batching: Batching | None = None) -> None:
         self.part = part
         self.opt = optimizer
         self.sched = scheduler
@@ -70,14 +82,27 @@ class SplitServer:
         # Per-client cuts: the part holds blocks from the lowest cut on; client k's forward
         # starts at its own cut (blocks below it are that client's).
         self.cuts = cuts or {}
-        self.admission = Admission(list(clients), order, timeout)
-        self.steps = 0
+        self.batching = batching
+        self.steps = 0  # server optimizer steps
+        if batching is None:
+            self.admission: Admission = Admission(list(clients), order, timeout)
+        else:
+            if len(set(self.cuts.values())) > 1:
+                raise ValueError("batched serving needs one cut for every client")
+            runner = BatchRunner(part, optimizer, scheduler, device, label_smoothing,
+                                 first_block=next(iter(self.cuts.values()), 0))
+            self.admission = BatchAdmission(list(clients), order, timeout, runner, window_s=batching.window_s,
+                                            max_clients=batching.max_clients, on_batch=self._batch_done)
         self._pending: dict[int, dict[str, Any]] = {}  # per client: timings of the open step
 
     # -- the three calls --------------------------------------------------------------
     def forward(self, client: int, h: torch.Tensor, targets: torch.Tensor,
-                loss_mask: torch.Tensor) -> torch.futures.Future:
-        """Vanilla shape: the server part's blocks, ``ln_f``, head and loss; a future of the loss."""
+                loss_mask: torch.Tensor, update: bool = True) -> torch.futures.Future:
+        """Vanilla shape: the server part's blocks, ``ln_f``, head and loss; a future of the loss.
+        ``update`` False: a probe step (batched mode needs to know it before the batch runs)."""
+        if isinstance(self.admission, BatchAdmission):
+            return self.admission.submit_work(client, Work(h, targets, loss_mask, update))
+
         def run(x: torch.Tensor) -> torch.Tensor:
             return model_loss(self.part, x, targets.to(self.device), loss_mask.to(self.device),
                               self.label_smoothing, first_block=self.cuts.get(client, 0))
@@ -87,6 +112,8 @@ class SplitServer:
     def forward_hidden(self, client: int, h: torch.Tensor) -> torch.futures.Future:
         """U shape: the middle blocks only; a future of their hidden states (B, T, C) in the
         cut's dtype. No token ids or labels reach the server in this shape."""
+        if self.batching is not None:
+            raise RuntimeError("batched serving supports split.shape=vanilla only")
         return self._forward(client, h, lambda x: self.part(x, first_block=self.cuts.get(client, 0)).to(h.dtype))
 
     def _forward(self, client: int, h: torch.Tensor, run: Any) -> torch.futures.Future:
@@ -106,8 +133,20 @@ class SplitServer:
         self._pending[client] = {"wait": wait, "server_fwd": now() - t0, "marks": marks, "end_marks": end_marks}
         return out.to(h.device)
 
+    def _batch_done(self, record: dict[str, Any]) -> None:
+        if record["update"]:
+            self.steps += 1
+        if self.batching is not None and self.batching.on_batch is not None:
+            self.batching.on_batch(record)
+
     def step(self, client: int, context_id: int, apply: bool = True) -> dict[str, float]:
-        """Apply the gradients of ``context_id`` (``apply=False``: a client's probe step, discard them)."""
+        """Apply the gradients of ``context_id`` (``apply=False``: a client's probe step, discard them).
+        Batched: the batch has already updated the server; only its timings are returned."""
+        if isinstance(self.admission, BatchAdmission):
+            timings = {**self.admission.timings.pop(client), "batched": 1.0}
+            if self.on_step is not None and apply:
+                self.on_step(client, timings)
+            return timings
         try:
             pending = self._pending.pop(client)
             t0 = now()
@@ -135,6 +174,8 @@ class SplitServer:
         """Take a client that has finished (or died) out of the rotation."""
         if self.admission.retire(client):  # it died holding the server: drop its open step
             self._pending.pop(client, None)
+        if isinstance(self.admission, BatchAdmission):
+            self.admission.timings.pop(client, None)
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         from models.lora import lora_state_dict
@@ -160,9 +201,9 @@ def _get() -> SplitServer:
 
 @rpc.functions.async_execution
 def server_forward(client: int, h: torch.Tensor, targets: torch.Tensor,
-                   loss_mask: torch.Tensor) -> torch.futures.Future:
+                   loss_mask: torch.Tensor, update: bool = True) -> torch.futures.Future:
     _record("server_forward", h, targets, loss_mask)
-    return _get().forward(client, h, targets, loss_mask)
+    return _get().forward(client, h, targets, loss_mask, update)
 
 
 @rpc.functions.async_execution

@@ -93,7 +93,8 @@ class Stepper:
             send = self._to_cut(h, cut_dtype, via_host)
             sync(self.device)
             t1 = now()
-            loss = rpc.rpc_sync(SERVER, split_server.server_forward, args=(rank, send, targets, mask))
+            loss = rpc.rpc_sync(SERVER, split_server.server_forward,
+                                args=(rank, send, targets, mask, self.update_server))
             t2 = now()
             dist_autograd.backward(ctx, [loss])
             sync(self.device)
@@ -104,13 +105,18 @@ class Stepper:
         sync(self.device)
         t5 = now()
         back = marks[-1] if marks else t3
+        # Sequential: the server's backward runs inside the client's distributed backward;
+        # batched: its forward, backward and update all run before the loss comes back.
+        batched = bool(server_times.get("batched"))
+        before_reply = server_times["server_fwd"] + (server_times["server_bwd"] + server_times["server_opt"]
+                                                      if batched else 0.0)
         times = {
             "client_fwd": t1 - t0,
             "server_wait": server_times["server_wait"],
-            "cut_up": max(0.0, (t2 - t1) - server_times["server_wait"] - server_times["server_fwd"]),
+            "cut_up": max(0.0, (t2 - t1) - server_times["server_wait"] - before_reply),
             "server_fwd": server_times["server_fwd"],
             "server_bwd": server_times["server_bwd"],
-            "cut_down": max(0.0, (back - t2) - server_times["server_bwd"]),
+            "cut_down": max(0.0, (back - t2) - (0.0 if batched else server_times["server_bwd"])),
             "client_bwd": t3 - back,
             "server_opt": t4 - t3,  # the server_step round trip (incl. the server's own optimizer)
             "client_opt": t5 - t4,

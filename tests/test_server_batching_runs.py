@@ -1,0 +1,86 @@
+"""Batched serving under torchrun: exact with one client, reproducible and resumable with several."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.torchrun_util import spawn_ranks, torchrun, wait_all
+
+pytestmark = pytest.mark.slow
+
+BATCHED = ["--method=splitlora", "--split.server_batching=true"]
+
+
+def _lora(run):
+    return load_file(str(run.run_dir / "model/lora.safetensors"))
+
+
+def test_one_client_batched_equals_sequential_and_centralized(tmp_path):
+    common = ["--train.max_steps=6", "--lora.dropout=0", "--model.dropout=0", "--data.partition=contiguous",
+              "--runtime.order=round_robin", "--split.cut=1"]
+    cen = torchrun(1, ["--method=cenlora", *common], tmp_path, "cen")
+    seq = torchrun(2, ["--method=splitlora", *common], tmp_path, "seq")
+    bat = torchrun(2, [*BATCHED, *common], tmp_path, "bat")
+    assert cen.rc == seq.rc == bat.rc == 0, (seq.stderr[-2000:], bat.stderr[-2000:])
+    a, b, c = _lora(cen), _lora(seq), _lora(bat)
+    assert a.keys() == b.keys() == c.keys()
+    for k in a:
+        assert torch.allclose(a[k], c[k], atol=1e-6, rtol=0), (k, (a[k] - c[k]).abs().max())
+        assert torch.allclose(b[k], c[k], atol=1e-6, rtol=0), k
+    assert {k.split(".")[2] for k in c if k.endswith("lora_B") and c[k].abs().sum() > 0} == {"0", "1", "2", "3"}
+    batches = [r for r in bat.metrics() if r.get("kind") == "server_batch"]
+    assert [r["clients"] for r in batches] == [[1]] * 6 and all(r["update"] for r in batches)
+    assert json.loads((bat.run_dir / "config.json").read_text())["split"]["server_batching"] is True
+
+
+RESUMABLE = [*BATCHED, "--train.max_steps=8", "--ckpt.every=4", "--runtime.order=round_robin",
+             "--fed.aggregate_every=2"]
+
+
+def test_batched_run_logs_its_batches_and_resumes_bitwise(tmp_path):
+    full = torchrun(3, RESUMABLE, tmp_path, "full")
+    assert full.rc == 0, full.stderr[-2000:]
+    batches = [r for r in full.metrics() if r.get("kind") == "server_batch"]
+    steps = [r for r in full.metrics() if r.get("kind") == "step"]
+    # round_robin: every batch holds both clients, one server update per pair of client steps
+    assert [r["clients"] for r in batches] == [[1, 2]] * 8
+    tokens = {(r["client"], r["step"]): r["tokens"] for r in steps}
+    assert sum(sum(r["tokens"]) for r in batches) <= sum(tokens.values())  # loss tokens within all tokens
+    assert all(len(r["tokens"]) == len(r["rows"]) == 2 and r["seq_len"] > 0 for r in batches)
+    server = torch.load(full.run_dir / "ckpt/step_8/server.pt", weights_only=True)
+    assert server["server_steps"] == 8 and server["scheduler"]["last_epoch"] == 16
+    cut = torchrun(3, RESUMABLE, tmp_path, "cut", env={"SPLITLORA_INJECT_FAULT": "kill:2:6"})
+    assert cut.rc != 0
+    resumed = torchrun(3, [f"--resume={cut.run_dir}"], tmp_path, "ignored")
+    assert resumed.rc == 0, resumed.stderr[-2000:]
+    a, b = _lora(full), _lora(cut)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bitwise: the batches are the same after the resume
+
+
+def test_batched_lora_a2_probes_do_not_update_the_server(tmp_path):
+    run = torchrun(3, [*BATCHED, "--fed.strategy=lora-a2", "--lora.r=4", "--fed.client_ranks=1,2", "--train.max_steps=6",
+                       "--fed.aggregate_every=3", "--fed.probe_steps=2", "--runtime.order=round_robin"], tmp_path)
+    assert run.rc == 0, run.stderr[-3000:]
+    batches = [r for r in run.metrics() if r.get("kind") == "server_batch"]
+    probes = [r for r in batches if not r["update"]]
+    # probes (gradients only) form batches of their own; one update per pair of training steps
+    assert probes and len(batches) - len(probes) == 6
+    assert all(r["clients"] == [1, 2] for r in batches)
+
+
+@pytest.mark.heavy
+def test_batched_continue_policy_drops_a_dead_client_from_its_batch(tmp_path):
+    procs = spawn_ranks(4, [*BATCHED, "--train.max_steps=6", "--fed.aggregate_every=2", "--runtime.rpc_timeout=20",
+                            "--fed.on_client_failure=continue", "--runtime.order=arrival"], tmp_path,
+                        env={"SPLITLORA_INJECT_FAULT": "kill:2:3"})
+    results = wait_all(procs, timeout=150)  # hang guard
+    assert results[0][0] == 0 and results[1][0] == 0 and results[3][0] == 0, results[0][1][-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(summary["dropped_clients"]) == ["2"]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    late = [r for r in metrics if r.get("kind") == "server_batch"][-2:]
+    assert all(2 not in r["clients"] for r in late)  # the survivors' last batches go on without it
