@@ -29,6 +29,7 @@ update) are batched apart from training steps, probes first.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,7 +182,7 @@ class BatchAdmission(Admission):
             return
         self.batches += 1
         waits = [start - r.since for _, r in taken]
-        record = {"kind": "server_batch", "batch": self.batches, "clients": clients,
+        record = {"kind": "server_batch", "batch": self.batches, "clients": clients, "t": time.time(),
                   "wait": [round(w, 6) for w in waits], **record}
         for (client, _), wait in zip(taken, waits):
             self.timings[client] = {"server_wait": wait, **record["time"]}

@@ -22,6 +22,10 @@ steps (REFERENCE.md §7). The server's compute is the bottleneck anyway; the gat
 the math equal to the sequential SplitLoRA algorithm, and ``round_robin`` makes the
 order — hence the result — reproducible. Clients still overlap their own forward,
 backward and optimizer with the server serving others.
+
+Batched serving (``Batching``; ``runtime/server_batching.py``) replaces the one-at-a-time
+gate: a batch's forward, backward and update all run before its losses go back, so no
+weight changes between a forward and its backward there either.
 """
 
 from __future__ import annotations
