@@ -46,6 +46,10 @@ def test_round_trip_through_json():
     (["--data.pad_to_seq_len=maybe"], "data.pad_to_seq_len"),
     (["--fed.weighting=median"], "fed.weighting"),
     (["--train.max_steps=1.5"], "train.max_steps"),
+    (["--split.batch_window_ms=-1"], "split.batch_window_ms"),
+    (["--split.max_batch_clients=-2"], "split.max_batch_clients"),
+    (["--split.server_batching=true", "--split.shape=u"], "split.server_batching supports split.shape=vanilla"),
+    (["--split.server_batching=true", "--split.client_cuts=1,2"], "split.server_batching needs one cut"),
 ])
 def test_bad_values_name_the_field(argv, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

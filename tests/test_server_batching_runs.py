@@ -62,8 +62,9 @@ def test_batched_run_logs_its_batches_and_resumes_bitwise(tmp_path):
 
 
 def test_batched_lora_a2_probes_do_not_update_the_server(tmp_path):
-    run = torchrun(3, [*BATCHED, "--fed.strategy=lora-a2", "--lora.r=4", "--fed.client_ranks=1,2", "--train.max_steps=6",
-                       "--fed.aggregate_every=3", "--fed.probe_steps=2", "--runtime.order=round_robin"], tmp_path)
+    run = torchrun(3, [*BATCHED, "--fed.strategy=lora-a2", "--lora.r=4", "--fed.client_ranks=1,2",
+                       "--train.max_steps=6", "--fed.aggregate_every=3", "--fed.probe_steps=2",
+                       "--runtime.order=round_robin"], tmp_path)
     assert run.rc == 0, run.stderr[-3000:]
     batches = [r for r in run.metrics() if r.get("kind") == "server_batch"]
     probes = [r for r in batches if not r["update"]]
