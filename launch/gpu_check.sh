@@ -29,11 +29,11 @@ start=$(date +%s)
 status=0
 
 if [ $dry -eq 1 ]; then  # the same steps, smallest sizes; a third of the CUDA tests (all run on the CPU elsewhere)
-  device=cpu model=tiny steps=4 warmup=1 batch=2 seq=64 prompts=2 scaling=1 new_tokens=8
-  select=(-k "fedavg or vanilla-host or beam_search")
+  device=cpu model=tiny steps=4 warmup=1 batch=2 seq=64 prompts=2 scaling=1 new_tokens=8 serving=2 serve_steps=3
+  select=(-k "fedavg or vanilla-host or beam_search or batched")
 else
-  device=cuda model=gpt2 steps=20 warmup=5 batch=8 seq=128 prompts=8 scaling=1,2,4 new_tokens=64
-  select=()
+  device=cuda model=gpt2 steps=20 warmup=5 batch=8 seq=128 prompts=8 scaling=1,2,4 new_tokens=64 serving=1,2,4
+  serve_steps=12 select=()
 fi
 echo "gpu_check: device $device, model $model, writing $out" >&2
 
@@ -65,6 +65,12 @@ SPLITLORA_CHECK_DEVICE=$device "$py" -m pytest -q -p no:cacheprovider -o addopts
   --eval-examples 0 --server-threads 1 --client-threads 1 --extra=--runtime.device=$device \
   --net.profile lan --out "$out/bench" --runs-dir "$out/bench-runs" --timeout 240 \
   --note "launch/gpu_check.sh ($device)" > "$out/bench.log" 2>&1 || status=1
+
+# 3b. server scaling: sequential vs batched server, clients sharing the device
+"$py" -m launch.bench_serving --model "$model" --clients "$serving" --steps "$serve_steps" --warmup "$warmup" \
+  --batch "$batch" --seq-len "$seq" --cut 3 --server-threads 1 --extra=--runtime.device=$device \
+  --out "$out/serving" --runs-dir "$out/serving-runs" --timeout 240 --note "launch/gpu_check.sh ($device)" \
+  > "$out/serving.log" 2>&1 || status=1
 
 # 4. beam-10 decoding: ours vs transformers generate on the same device
 "$py" -m launch.bench_decode --model "$model" --prompts "$prompts" --device "$device" --prompt-end eos \

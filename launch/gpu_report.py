@@ -2,7 +2,8 @@
 
 Reads what the script's steps left in OUT: ``env.json`` (the machine), ``tests.xml`` (the
 CUDA tests, JUnit), ``bench/report.json`` (``launch.bench``: CenLoRA vs SplitLoRA over 1..4
-clients on the device, fp32 vs bf16 cut) and ``decode.json`` (``launch.bench_decode``: beam
+clients on the device, fp32 vs bf16 cut), ``serving/report.json`` (``launch.bench_serving``:
+sequential vs batched server over 1..4 clients sharing the device) and ``decode.json`` (``launch.bench_decode``: beam
 search, ours vs transformers). A missing input is reported as missing, not guessed.
 
     python -m launch.gpu_report OUT [--seconds S]
@@ -62,12 +63,26 @@ def bench_figures(bench: dict[str, Any] | None) -> dict[str, Any] | None:
             "runs": runs, "cut_dtype": bench.get("cut_dtype")}
 
 
+def serving_figures(serving: dict[str, Any] | None) -> dict[str, Any] | None:
+    """launch.bench_serving's rows, and the most clients' batched tokens/s over one sequential client's."""
+    if not serving:
+        return None
+    rows = {(r["mode"], r["n_clients"]): r for r in serving["runs"]}
+    most = max(n for _, n in rows)
+    one, batched = rows.get(("sequential", 1)), rows.get(("batched", most))
+    return {"runs": [{k: r[k] for k in ("mode", "n_clients", "tokens_per_s", "server_busy", "step_ms_median")}
+                     for r in serving["runs"]],
+            "most_clients": most, "batched_most_over_1_tokens_per_s":
+                batched["tokens_per_s"] / one["tokens_per_s"] if one and batched and most > 1 else None}
+
+
 def build(out: Path, seconds: float | None) -> dict[str, Any]:
     bench = bench_figures(read_json(out / "bench" / "report.json"))
     return {"env": read_json(out / "env.json"), "seconds": seconds, "tests": read_tests(out / "tests.xml"),
-            "bench": bench, "decode": read_json(out / "decode.json"),
+            "bench": bench, "serving": serving_figures(read_json(out / "serving" / "report.json")),
+            "decode": read_json(out / "decode.json"),
             "targets": {"split_over_cen_max": SPLIT_VS_CEN_MAX, "four_client_speedup_min": FOUR_CLIENT_SPEEDUP_MIN,
-                        "batched_server": False}}
+                        "batched_server": True}}
 
 
 def _f(x: float | None, spec: str = ".2f") -> str:
@@ -101,8 +116,8 @@ def render(rep: dict[str, Any]) -> str:
         ratio, speed = bench["split_over_cen_step_time_1_client"], bench["splitlora_4_over_1_tokens_per_s"]
         lines += ["", f"- SplitLoRA (1 client) / CenLoRA step time: **{_f(ratio)}** (target ≤ {SPLIT_VS_CEN_MAX}: "
                   f"{'met' if ratio is not None and ratio <= SPLIT_VS_CEN_MAX else 'not met'}).",
-                  f"- SplitLoRA tokens/s, 4 clients / 1 client: **{_f(speed)}** (target ≥ {FOUR_CLIENT_SPEEDUP_MIN} "
-                  "needs the batched server, which has not landed: this is the sequential server).", ""]
+                  f"- SplitLoRA tokens/s, 4 clients / 1 client, sequential server: **{_f(speed)}**.", ""]
+    lines += serving_lines(rep.get("serving"))
     lines += ["## Beam-10 decoding (launch.bench_decode)", ""]
     if decode is None:
         lines += ["missing: no decode.json", ""]
@@ -114,6 +129,19 @@ def render(rep: dict[str, Any]) -> str:
                          f"{r['equal_outputs']}/{r['prompts']} prompts.")
         lines.append("")
     return "\n".join(lines)
+
+
+def serving_lines(serving: dict[str, Any] | None) -> list[str]:
+    lines = ["## Server scaling (launch.bench_serving; details in serving/report.md)", ""]
+    if serving is None:
+        return lines + ["missing: no serving/report.json", ""]
+    lines += ["| clients | mode | tokens/s | server busy | step ms median |", "| ---: | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['n_clients']} | {r['mode']} | {r['tokens_per_s']:.0f} | {r['server_busy']:.0%} | "
+              f"{r['step_ms_median']:.1f} |" for r in serving["runs"]]
+    x, n = serving["batched_most_over_1_tokens_per_s"], serving["most_clients"]
+    met = "met" if x is not None and n >= 4 and x >= FOUR_CLIENT_SPEEDUP_MIN else "not met"
+    return lines + ["", f"- Batched server, {n} clients / sequential, 1 client, tokens/s: **{_f(x)}** "
+                        f"(target with 4 clients ≥ {FOUR_CLIENT_SPEEDUP_MIN}: {met}).", ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,20 @@ def test_two_clients_train_and_aggregate_on_the_device(tmp_path, method):
         assert all(c["memory"].get("cuda_peak_mib", 0) > 0 for c in s["clients"].values())
 
 
+def test_batched_server_on_the_device(tmp_path, cenlora_run):
+    """Batched serving on the device: one client equals CenLoRA (atol 1e-5); three clients
+    sharing the device are served in batches of three."""
+    one = torchrun(2, ["--method=splitlora", "--split.server_batching=true", "--split.cut=2", *COMMON], tmp_path,
+                   "one", timeout=300)
+    assert one.rc == 0, one.stderr[-2000:]
+    _close(_lora(cenlora_run), _lora(one), 1e-5)
+    three = torchrun(4, ["--split.server_batching=true", "--train.max_steps=4", "--runtime.order=round_robin", *DEV],
+                     tmp_path, "three", timeout=300)
+    assert three.rc == 0, three.stderr[-3000:]
+    batches = [r for r in three.metrics() if r.get("kind") == "server_batch"]
+    assert [r["clients"] for r in batches] == [[1, 2, 3]] * 4
+
+
 def test_bf16_cut_on_the_device(tmp_path):
     run = torchrun(3, ["--train.max_steps=4", "--split.cut_dtype=bf16", "--split.cut=2", *DEV], tmp_path,
                    timeout=300)

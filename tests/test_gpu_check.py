@@ -25,6 +25,7 @@ def test_gpu_check_dry_run_writes_its_report(tmp_path):
     assert {"cenlora-n1", "splitlora-n1", "splitlora-n1-bf16"} <= ids
     assert rep["bench"]["split_over_cen_step_time_1_client"] > 0
     assert rep["decode"]["results"] and rep["decode"]["results"][0]["equal_outputs"] >= 1
+    assert {(r["mode"], r["n_clients"]) for r in rep["serving"]["runs"]} == {("sequential", 2), ("batched", 2)}
     md = (out / "report.md").read_text()
-    for heading in ("## CUDA tests", "## Training benchmark", "## Beam-10 decoding"):
+    for heading in ("## CUDA tests", "## Training benchmark", "## Server scaling", "## Beam-10 decoding"):
         assert heading in md
