@@ -30,7 +30,7 @@ from typing import Any
 from launch.bench import run_job
 from launch.report_build import load_avg, machine_info
 
-MODES = ("sequential", "batched")
+MODES = ("sequential", "batched", "batched-halfN")
 PHASES = ("client_fwd", "server_wait", "cut_up", "server_fwd", "server_bwd", "cut_down", "client_bwd",
           "server_opt", "client_opt")
 
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="tiny", help="preset (random weights unless --model-path)")
     ap.add_argument("--model-path", default=None, help="a base directory (e.g. the mini base of launch.pretrain)")
     ap.add_argument("--clients", default="1,2,4,8", help="client counts")
-    ap.add_argument("--modes", default=",".join(MODES), help="sequential, batched or both")
+    ap.add_argument("--modes", default="sequential,batched",
+                    help="comma list of sequential, batched, batched-halfN (batches of at most half the "
+                         "clients, so that one half's client work overlaps the other half's server work)")
     ap.add_argument("--steps", type=int, default=12, help="local steps per client")
     ap.add_argument("--warmup", type=int, default=3, help="steps per client left out")
     ap.add_argument("--batch", type=int, default=8, help="batch per client")
@@ -65,10 +67,12 @@ def train_args(a: argparse.Namespace, n: int, mode: str) -> list[str]:
             "--data.pad_to_seq_len=true", f"--train.max_steps={a.steps}", f"--train.batch_size={a.batch}",
             f"--split.cut={a.cut}", f"--runtime.order={a.order}", f"--runtime.server_threads={a.server_threads}",
             "--runtime.client_threads=1", "--out.save_model=false", "--data.max_eval_examples=8",
-            f"--fed.aggregate_every={a.steps}", f"--split.server_batching={str(mode == 'batched').lower()}",
+            f"--fed.aggregate_every={a.steps}", f"--split.server_batching={str(mode != 'sequential').lower()}",
             f"--split.batch_window_ms={a.window_ms}", "--lora.dropout=0"]
     if a.model_path:
         args.append(f"--model.path={a.model_path}")
+    if mode == "batched-halfN":
+        args.append(f"--split.max_batch_clients={max(1, n // 2)}")
     if a.rpc_threads:
         args.append(f"--runtime.rpc_threads={a.rpc_threads}")
     return args + a.extra

@@ -229,6 +229,8 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     summary["eval"] = next((c.get("eval") for c in coord.finished.values() if c.get("eval")), None)
     srv = split_server._SERVER
     summary["server_memory"] = peak_memory(world.device, srv.part if srv is not None else None)
+    if srv is not None:  # one update per client step (sequential) or per batch (batched)
+        summary["server"] = {"mode": "batched" if srv.batching else "sequential", "updates": srv.steps}
     summary["dropped_clients"] = {str(k): v for k, v in coord.dropped.items()}
     split_server.install(None)
     coordinator.install(None)

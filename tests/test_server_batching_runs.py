@@ -51,6 +51,7 @@ def test_batched_run_logs_its_batches_and_resumes_bitwise(tmp_path):
     assert all(len(r["tokens"]) == len(r["rows"]) == 2 and r["seq_len"] > 0 for r in batches)
     server = torch.load(full.run_dir / "ckpt/step_8/server.pt", weights_only=True)
     assert server["server_steps"] == 8 and server["scheduler"]["last_epoch"] == 16
+    assert full.summary()["server"] == {"mode": "batched", "updates": 8}
     cut = torchrun(3, RESUMABLE, tmp_path, "cut", env={"SPLITLORA_INJECT_FAULT": "kill:2:6"})
     assert cut.rc != 0
     resumed = torchrun(3, [f"--resume={cut.run_dir}"], tmp_path, "ignored")
