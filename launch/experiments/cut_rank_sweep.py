@@ -234,7 +234,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         row += _score_cells(r.get("scores", {})) if scored else []
         body.append(row)
     lines += [md_table(header, body), ""]
-    lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in PLOTS), ""]
+    plots = [*PLOTS, BLEU_PLOT] if scored else list(PLOTS)
+    lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
     return "\n".join(lines)
 
 
