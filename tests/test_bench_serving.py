@@ -46,7 +46,9 @@ def test_batched_busy_counts_each_batch_once(tmp_path):
     assert out["clients_per_batch"] == 2 and out["rows_per_batch"] == 8
 
 
+# CI runs the study end to end in the GPU check's dry run; here with the heavy cases.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_real_pair_of_runs_gives_a_report(tmp_path):
     out = tmp_path / "serving"
     rc = bench_serving.main(["--clients", "2", "--steps", "3", "--warmup", "1", "--batch", "2", "--seq-len", "64",
