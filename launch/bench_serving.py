@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"mode": mode, **analyze(runs_dir / name, a.warmup)})
     settings = {k: getattr(a, k) for k in ("model", "model_path", "steps", "warmup", "batch", "seq_len", "cut",
                                            "order", "window_ms", "server_threads")}
-    settings["command"] = "python -m launch.bench_serving " + " ".join(x for x in argv if x != "--reuse")
+    settings["command"] = "python -m launch.bench_serving " + shlex.join(x for x in argv if x != "--reuse")
     m = machine_info("cpu")
     report = {"settings": settings, "runs": rows, "note": a.note, "machine_info": m,
               "machine": f"{m['cpu_count']} cores ({m['processor']}), torch {m['torch']}",
