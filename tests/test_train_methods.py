@@ -39,22 +39,26 @@ def test_split_bytes_across_the_cut(tmp_path):
 
 
 def test_one_client_split_equals_centralized(tmp_path):
-    """The cut is invisible: K steps of SplitLoRA with one client == K steps of CenLoRA."""
+    """The cut is invisible: K steps of SplitLoRA with one client == K steps of CenLoRA,
+    with the sequential server and with the batched one (runtime/server_batching.py)."""
     common = ["--train.max_steps=6", "--lora.dropout=0", "--model.dropout=0", "--data.partition=contiguous",
               "--runtime.order=round_robin"]
     cen = torchrun(1, ["--method=cenlora", *common], tmp_path, "cen")
-    split = torchrun(2, ["--method=splitlora", *common], tmp_path, "split")
-    assert cen.rc == 0 and split.rc == 0, (cen.stderr[-2000:], split.stderr[-2000:])
+    assert cen.rc == 0, cen.stderr[-2000:]
     a = load_file(str(cen.run_dir / "model/lora.safetensors"))
-    b = load_file(str(split.run_dir / "model/lora.safetensors"))
-    assert a.keys() == b.keys() and len(a) == 16  # 4 blocks x (q, v) x (A, B)
-    moved = 0
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (k, (a[k] - b[k]).abs().max())
-        moved += int(k.endswith("lora_B") and a[k].abs().sum() > 0)
-    assert moved == 8  # every B left zero: the steps really trained both sides of the cut
-    ca, sa = cen.summary(), split.summary()
-    assert abs(ca["loss_last"] - sa["loss_last"]) < 1e-5
+    for mode in ("sequential", "batched"):
+        split = torchrun(2, ["--method=splitlora", f"--split.server_batching={mode == 'batched'}", *common],
+                         tmp_path, mode)
+        assert split.rc == 0, split.stderr[-2000:]
+        b = load_file(str(split.run_dir / "model/lora.safetensors"))
+        assert a.keys() == b.keys() and len(a) == 16  # 4 blocks x (q, v) x (A, B)
+        moved = 0
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (mode, k, (a[k] - b[k]).abs().max())
+            moved += int(k.endswith("lora_B") and a[k].abs().sum() > 0)
+        assert moved == 8  # every B left zero: the steps really trained both sides of the cut
+        assert abs(cen.summary()["loss_last"] - split.summary()["loss_last"]) < 1e-5
+        assert split.summary()["server"]["mode"] == mode
 
 
 def test_two_clients_aggregated_every_step_hold_equal_adapters(tmp_path):
