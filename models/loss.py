@@ -35,6 +35,20 @@ def lm_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor, label_smoothing:
     return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def _weighted_token_losses(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor,
+                           label_smoothing: float, **forward_kwargs: object) -> tuple[Tensor, Tensor, Tensor]:
+    """Per selected token (row-major): weighted label-smoothed loss (N,), its weight (N,), and
+    the selection (B, T). Logits only where ``loss_mask`` is non-zero."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    select = loss_mask > 0  # (B, T)
+    logits = model(x, select=select, **forward_kwargs)  # (N, V)
+    per_token = F.cross_entropy(logits.float(), targets[select], reduction="none",
+                                label_smoothing=label_smoothing)  # (N,)
+    weights = loss_mask[select].float()
+    return per_token * weights, weights, select
+
+
 def model_loss(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor, label_smoothing: float = 0.0,
                **forward_kwargs: object) -> Tensor:
     """Run ``model`` (a part that owns ``lm_head``) and return :func:`lm_loss`'s value.
@@ -43,14 +57,8 @@ def model_loss(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor, 
     which gives the same loss as :func:`lm_loss` on full logits at about half the cost
     of the LM head. x: token ids (B, T) or hidden states (B, T, C).
     """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-    select = loss_mask > 0  # (B, T)
-    logits = model(x, select=select, **forward_kwargs)  # (N, V)
-    per_token = F.cross_entropy(logits.float(), targets[select], reduction="none",
-                                label_smoothing=label_smoothing)  # (N,)
-    weights = loss_mask[select].float()
-    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+    weighted, weights, _ = _weighted_token_losses(model, x, targets, loss_mask, label_smoothing, **forward_kwargs)
+    return weighted.sum() / weights.sum().clamp_min(1.0)
 
 
 def model_loss_groups(model: nn.Module, xs: list[Tensor], targets: list[Tensor], loss_masks: list[Tensor],
@@ -65,8 +73,6 @@ def model_loss_groups(model: nn.Module, xs: list[Tensor], targets: list[Tensor],
     its batch alone) is ``sums[k] / counts[k].clamp_min(1)`` and the loss of the union as one
     batch is ``sums.sum() / counts.sum().clamp_min(1)``.
     """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if not xs or not len(xs) == len(targets) == len(loss_masks):
         raise ValueError(f"need one targets and loss_mask per group; got {len(xs)}, {len(targets)}, {len(loss_masks)}")
     T = max(x.shape[1] for x in xs)
@@ -74,12 +80,9 @@ def model_loss_groups(model: nn.Module, xs: list[Tensor], targets: list[Tensor],
     x = torch.cat([F.pad(x, (0, 0, 0, p) if x.dim() == 3 else (0, p)) for x, p in zip(xs, pad)])
     tgt = torch.cat([F.pad(t, (0, p)) for t, p in zip(targets, pad)])  # padded targets are never selected
     mask = torch.cat([F.pad(m, (0, p)) for m, p in zip(loss_masks, pad)])  # (sum B_k, T)
-    select = mask > 0
-    logits = model(x, select=select, **forward_kwargs)  # (N, V): selected tokens, row-major
-    per_token = F.cross_entropy(logits.float(), tgt[select], reduction="none", label_smoothing=label_smoothing)
-    weights = mask[select].float()
+    weighted, weights, select = _weighted_token_losses(model, x, tgt, mask, label_smoothing, **forward_kwargs)
     # Row-major selection: group k's tokens are one contiguous run of the selected vector.
     sizes = [int(s.sum()) for s in select.split([m.shape[0] for m in loss_masks])]
-    sums = torch.stack([part.sum() for part in (per_token * weights).split(sizes)])
+    sums = torch.stack([part.sum() for part in weighted.split(sizes)])
     counts = torch.stack([part.sum() for part in weights.split(sizes)])
     return sums, counts

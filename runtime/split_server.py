@@ -46,6 +46,10 @@ from runtime.telemetry import now, stamp, sync
 
 _SERVER: SplitServer | None = None
 
+# Test hook: a file to which the server appends, per forward call, what it received from
+# the client (dtype and shape of every tensor argument); the privacy tests read it.
+RECORD_ENV = "SPLITLORA_RECORD_SERVER_INPUTS"
+
 
 @dataclass
 class Batching:
@@ -54,9 +58,6 @@ class Batching:
     window_s: float = 0.02
     max_clients: int = 0  # 0 = no cap
     on_batch: Any = None  # callback(record) after every batch (the run's metrics.jsonl)
-# Test hook: a file to which the server appends, per forward call, what it received from
-# the client (dtype and shape of every tensor argument); the privacy tests read it.
-RECORD_ENV = "SPLITLORA_RECORD_SERVER_INPUTS"
 
 
 def _record(call: str, *tensors: torch.Tensor) -> None:
@@ -104,7 +105,7 @@ class SplitServer:
                 loss_mask: torch.Tensor, update: bool = True) -> torch.futures.Future:
         """Vanilla shape: the server part's blocks, ``ln_f``, head and loss; a future of the loss.
         ``update`` False: a probe step (batched mode needs to know it before the batch runs)."""
-        if isinstance(self.admission, BatchAdmission):
+        if self.batching is not None:
             return self.admission.submit_work(client, Work(h, targets, loss_mask, update))
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -140,13 +141,13 @@ class SplitServer:
     def _batch_done(self, record: dict[str, Any]) -> None:
         if record["update"]:
             self.steps += 1
-        if self.batching is not None and self.batching.on_batch is not None:
+        if self.batching.on_batch is not None:
             self.batching.on_batch(record)
 
     def step(self, client: int, context_id: int, apply: bool = True) -> dict[str, float]:
         """Apply the gradients of ``context_id`` (``apply=False``: a client's probe step, discard them).
         Batched: the batch has already updated the server; only its timings are returned."""
-        if isinstance(self.admission, BatchAdmission):
+        if self.batching is not None:
             timings = {**self.admission.timings.pop(client), "batched": 1.0}
             if self.on_step is not None and apply:
                 self.on_step(client, timings)
@@ -178,7 +179,7 @@ class SplitServer:
         """Take a client that has finished (or died) out of the rotation."""
         if self.admission.retire(client):  # it died holding the server: drop its open step
             self._pending.pop(client, None)
-        if isinstance(self.admission, BatchAdmission):
+        if self.batching is not None:
             self.admission.timings.pop(client, None)
 
     def lora_state(self) -> dict[str, torch.Tensor]:
