@@ -7,9 +7,9 @@ import collections
 import pytest
 import torch
 
+from models.decode_chain import BeamKVCache
 from models.generate import (
     DecodeConfig,
-    _BeamKVCache,
     _group_max,
     _refresh_group_max,
     _topk_rows,
@@ -335,7 +335,7 @@ def test_beam_kv_cache_equals_kv_cache(tiny_model):
     new_tokens = [torch.randint(0, 97, (len(rows), 1), generator=g) for rows in steps]
     out = []
     with torch.inference_mode():
-        for cache in (KVCache(), _BeamKVCache(max_rows=6, capacity=9)):
+        for cache in (KVCache(), BeamKVCache(max_rows=6, capacity=9)):
             logits = [tiny_model(ids, kv_cache=cache)[:, -1]]
             for rows, tok in zip(steps, new_tokens):
                 cache.reorder(rows)
