@@ -72,6 +72,8 @@ class ClientRun:
                                t.label_smoothing, t.grad_clip, before_step=lambda: self.strategy.before_step(self.ctx),
                                after_step=lambda: self.strategy.after_step(self.ctx))
         self.name = f"client{world.rank}"
+        self.via_host = cfg.runtime.cuda_cut == "host"
+        self.slowdown = cfg.runtime.slowdowns(world.n_clients)[world.client_index]  # parsed once, not per step
         self.rounds = 0
         self.comm_total = {"up_bytes": 0, "down_bytes": 0, "up_params": 0, "down_params": 0}
         self.probe_pos = 0  # probe batches consumed: a checkpoint carries it
@@ -83,7 +85,7 @@ class ClientRun:
             self.restore(plan.start_step)
 
     def one_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        cfg, stepper, via_host = self.cfg, self.stepper, self.cfg.runtime.cuda_cut == "host"
+        cfg, stepper, via_host = self.cfg, self.stepper, self.via_host
         if cfg.method == "splitlora" and cfg.split.shape == "u":
             return stepper.split_step_u(self.world.rank, batch, cfg.split.cut_dtype, via_host, self.cut,
                                         head_cut(cfg, self.module.config.n_layer))
@@ -183,7 +185,7 @@ class ClientRun:
         """One local step (stretched for a simulated slow device) and its metrics record."""
         t0 = now()
         out = self.one_step(batch)
-        slowdown = self.cfg.runtime.slowdowns(self.world.n_clients)[self.world.client_index]
+        slowdown = self.slowdown
         if slowdown > 1.0:
             # A slower device: stretch this client's own compute (not the server's, not the wire).
             own = sum(out["time"].get(k, 0.0) for k in ("client_fwd", "client_bwd", "client_opt", "fwd", "bwd", "opt"))
