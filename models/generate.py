@@ -182,6 +182,46 @@ def _greedy(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[list[
     return [_strip(o, cfg.stop_tokens, keep_stop) for o in out]
 
 
+class _Finished:
+    """A prompt's finished hypotheses, best first, for A active prompts x N slots.
+
+    ``score`` (A, N) (``_EMPTY_SLOT`` where unfilled), ``full`` (A, N) whether the slot is
+    filled, ``tokens`` (A, N, M) padded with -1, ``length`` (A, N).
+    """
+
+    def __init__(self, prompts: int, beams: int, max_new: int, device: torch.device) -> None:
+        A, N, M = prompts, beams, max_new
+        self.score = torch.full((A, N), _EMPTY_SLOT, device=device)
+        self.full = torch.zeros(A, N, dtype=torch.bool, device=device)
+        self.tokens = torch.full((A, N, M), -1, dtype=torch.long, device=device)
+        self.length = torch.zeros(A, N, dtype=torch.long, device=device)
+
+    def add(self, score: torch.Tensor, new: torch.Tensor, seq: torch.Tensor) -> None:
+        """Merge candidates (A, N) whose ``new`` is set: scores (A, N), tokens ``seq`` (A, N, n)."""
+        A, N, M = self.tokens.shape
+        n_gen = seq.shape[2]
+        score = score.masked_fill(~new, float("-inf"))
+        seq = torch.cat([seq, seq.new_full((A, N, M - n_gen), -1)], dim=2)  # (A, N, M)
+        best = torch.cat([self.score, score], 1).topk(N, dim=1).indices  # (A, N) of 2N
+        self.score = torch.cat([self.score, score], 1).gather(1, best)
+        self.full = torch.cat([self.full, new], 1).gather(1, best)
+        self.tokens = torch.cat([self.tokens, seq], 1).gather(1, best[:, :, None].expand(A, N, M))
+        self.length = torch.cat([self.length, torch.full_like(self.length, n_gen)], 1).gather(1, best)
+
+    def worst(self) -> torch.Tensor:
+        """(A, N): each prompt's worst finished score where the slot is filled, else ``_EMPTY_SLOT``."""
+        return torch.where(self.full, self.score.min(1, keepdim=True).values, _EMPTY_SLOT)
+
+    def best(self, a: int) -> list[int]:
+        """Tokens of active prompt a's best finished hypothesis."""
+        return self.tokens[a, 0, : int(self.length[a, 0])].tolist()
+
+    def keep(self, live: torch.Tensor) -> None:
+        """Keep the active prompts ``live`` (A_new,) only."""
+        self.score, self.full = self.score[live], self.full[live]
+        self.tokens, self.length = self.tokens[live], self.length[live]
+
+
 def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[list[int]]:
     """Beam search over A active prompts x N beams; finished prompts leave the batch."""
     N, M, lp = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
@@ -199,12 +239,7 @@ def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[
     run_score = torch.full((B, N), _EMPTY_SLOT, device=dev)
     run_score[:, 0] = 0.0
     run_tok = torch.zeros(B, N, 0, dtype=torch.long, device=dev)
-    # Finished hypotheses, best first: score (A, N), whether the slot is filled (A, N),
-    # tokens (A, N, M) padded with -1, length (A, N).
-    fin_score = torch.full((B, N), _EMPTY_SLOT, device=dev)
-    fin_full = torch.zeros(B, N, dtype=torch.bool, device=dev)
-    fin_tok = torch.full((B, N, M), -1, dtype=torch.long, device=dev)
-    fin_len = torch.zeros(B, N, dtype=torch.long, device=dev)
+    fin = _Finished(B, N, M, dev)
     results: list[list[int]] = [[] for _ in range(B)]
     for t in range(M):
         A, n_gen = run_score.shape[0], t + 1  # n_gen: tokens per hypothesis after this step
@@ -229,16 +264,10 @@ def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[
         # Candidates that stopped and rank among the N best become finished hypotheses.
         new_fin = stopped[:, :N]
         if cfg.early_stopping is True:
-            new_fin = new_fin & ~fin_full.all(1, keepdim=True)  # a full prompt takes no more
+            new_fin = new_fin & ~fin.full.all(1, keepdim=True)  # a full prompt takes no more
         if bool(new_fin.any()):
-            score = (cand_score[:, :N] / n_gen**lp).masked_fill(~new_fin, float("-inf"))  # (A, N)
             seq = torch.cat([run_tok.gather(1, cand_beam[:, :N, None].expand(A, N, t)), cand_tok[:, :N, None]], 2)
-            seq = torch.cat([seq, seq.new_full((A, N, M - n_gen), -1)], dim=2)  # (A, N, M)
-            best = torch.cat([fin_score, score], 1).topk(N, dim=1).indices  # (A, N) of 2N
-            fin_score = torch.cat([fin_score, score], 1).gather(1, best)
-            fin_full = torch.cat([fin_full, new_fin], 1).gather(1, best)
-            fin_tok = torch.cat([fin_tok, seq], 1).gather(1, best[:, :, None].expand(A, N, M))
-            fin_len = torch.cat([fin_len, torch.full_like(fin_len, n_gen)], 1).gather(1, best)
+            fin.add(cand_score[:, :N] / n_gen**lp, new_fin, seq)
 
         # The N best candidates that did not stop keep running.
         keep_score, keep = cand_score.masked_fill(stopped, float("-inf")).topk(N, dim=1)  # (A, N)
@@ -246,15 +275,13 @@ def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[
 
         # A prompt is done when its result can no longer change (see the module docstring).
         hyp_len = M if cfg.early_stopping == "never" and lp > 0 else n_gen
-        worst = torch.where(fin_full, fin_score.min(1, keepdim=True).values, _EMPTY_SLOT)  # (A, N)
-        done = ~(keep_score[:, :1] / hyp_len**lp > worst).any(1)  # (A,)
+        done = ~(keep_score[:, :1] / hyp_len**lp > fin.worst()).any(1)  # (A,)
         if cfg.early_stopping is True:
-            done |= fin_full.all(1)
+            done |= fin.full.all(1)
         if n_gen == M:
             done[:] = True
         for a in done.nonzero().squeeze(1).tolist():
-            tokens = fin_tok[a, 0, : int(fin_len[a, 0])].tolist()
-            results[int(prompt_of[a])] = _strip(tokens, cfg.stop_tokens, keep_stop)
+            results[int(prompt_of[a])] = _strip(fin.best(a), cfg.stop_tokens, keep_stop)
         if bool(done.all()):
             break
 
@@ -264,6 +291,6 @@ def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[
         kept = run_tok[live].gather(1, src_beam[live, :, None].expand(-1, N, t))  # (A_new, N, t)
         run_tok = torch.cat([kept, new_tok[live, :, None]], dim=2)
         run_score, prompt_of = keep_score[live], prompt_of[live]
-        fin_score, fin_full, fin_tok, fin_len = fin_score[live], fin_full[live], fin_tok[live], fin_len[live]
+        fin.keep(live)
         logits = step.step(src_row.expand(-1, N).reshape(-1), new_tok[live].reshape(-1))  # (A_new * N, V)
     return results
