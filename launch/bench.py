@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,11 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from launch import netsim
+from launch.jobs import Terminated, run_group, sigterm_raises
 from launch.report import JOB_FILE, RunSpec, analyze_run
 from launch.report_build import build_report, load_avg, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("cenlora", "fedlora", "splitlora")
+
+
+class JobError(RuntimeError):
+    """A benchmark job exited non-zero or ran past its time limit; the message says which."""
 
 
 def run_job(method: str, nproc: int, args: list[str], out: Path, name: str, timeout: float) -> Path:
@@ -44,10 +50,15 @@ def run_job(method: str, nproc: int, args: list[str], out: Path, name: str, time
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     before = load_avg()
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = run_group(cmd, timeout=timeout, cwd=REPO, capture_output=True, text=True, env=env)
+    except subprocess.TimeoutExpired:
+        raise JobError(f"bench: {name} stopped after its {timeout:.0f}-s limit") from None
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.splitlines()[-15:])
-        raise SystemExit(f"bench: {name} failed (exit {proc.returncode}):\n{tail}")
+        lines = proc.stderr.splitlines()
+        # The ranks' own one-line errors first: torchrun's closing summary hides them.
+        why = [ln for ln in lines if "splitlora: error" in ln][:4] or lines[-15:]
+        raise JobError(f"bench: {name} failed (exit {proc.returncode}):\n" + "\n".join(why))
     wall = time.monotonic() - t0
     # Beside the run: how it was started and how busy the machine was (other work inflates timings).
     job = {"command": cmd[1:], "wall_s": wall, "load_avg_before": before, "load_avg_after": load_avg()}
@@ -218,6 +229,31 @@ def rounded(obj: Any, digits: int = 7) -> Any:
     return obj
 
 
+def run_jobs(a: argparse.Namespace, specs: list[RunSpec], runs_dir: Path) -> tuple[list, list[str]]:
+    """Run (or, ``--reuse``, re-read) every job; a failed one is reported and the others go on;
+    a SIGTERM stops the job in progress and runs no more (what finished is still reported).
+
+    Returns the finished runs as (directory, spec) pairs and one line per failed job."""
+    done, failed = [], []
+    for spec in specs:
+        d = runs_dir / spec.run_id
+        if not (a.reuse and (d / "summary.json").exists()):
+            if d.exists():
+                shutil.rmtree(d)  # a fresh run: metrics.jsonl is appended to
+            try:
+                run_job(spec.method, spec.nproc, train_args(a, spec), runs_dir, spec.run_id, a.timeout)
+            except JobError as e:
+                print(e, file=sys.stderr, flush=True)
+                failed.append(str(e).splitlines()[0].removeprefix("bench: "))
+                continue
+            except Terminated:
+                failed.append(f"{spec.run_id} stopped by SIGTERM; the jobs after it did not run")
+                print(f"bench: {failed[-1]}", file=sys.stderr, flush=True)
+                break
+        done.append((d, spec))
+    return done, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
@@ -225,21 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(a.runs_dir) if a.runs_dir else out / "runs"
     specs = plan_jobs(a)
     print(f"bench: {len(specs)} job(s): {', '.join(s.run_id for s in specs)}", file=sys.stderr, flush=True)
-    dirs = []
-    for spec in specs:
-        d = runs_dir / spec.run_id
-        if not (a.reuse and (d / "summary.json").exists()):
-            if d.exists():
-                import shutil
-
-                shutil.rmtree(d)  # a fresh run: metrics.jsonl is appended to
-            run_job(spec.method, spec.nproc, train_args(a, spec), runs_dir, spec.run_id, a.timeout)
-        dirs.append(d)
+    with sigterm_raises():  # a SIGTERM to this driver stops the job it is running, then reports
+        done, failed = run_jobs(a, specs, runs_dir)
+    if not done:
+        raise SystemExit("bench: no job finished; nothing to report")
+    dirs, specs = [d for d, _ in done], [s for _, s in done]
     runs = [analyze_run(d, s, a.warmup) for d, s in zip(dirs, specs)]
     launches = [json.loads((d / "config.json").read_text())["launch"] for d in dirs]
     device = next((x["device"] for x in launches if "device" in x), "cpu")  # CenLoRA records none
     report = build_report(runs, settings_of(a, dirs, argv), machine_info(device, runs), a.profiles,
                           a.net_allreduce, a.target_loss, a.smooth)
+    report["failed_jobs"] = failed
     from launch.report_md import render_markdown
 
     out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text(render_markdown(report))
     print(render_markdown(report, brief=True))
     print(f"bench: report in {out}/report.md", file=sys.stderr)
-    return 0
+    if failed:
+        print(f"bench: {len(failed)} job(s) failed; the report holds the others", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from launch.bench import run_job
+from launch.bench import JobError, run_job
+from launch.jobs import Terminated, sigterm_raises
 from launch.report_build import load_avg, machine_info
 
 MODES = ("sequential", "batched", "batched-halfN")
@@ -119,6 +121,7 @@ def render(report: dict[str, Any]) -> str:
     lines = ["# Server scaling: sequential vs batched serving", "",
              *([report["note"], ""] if report["note"] else []),
              f"Command: `{s['command']}`", "",
+             *[f"- **failed, not in this report:** {x}" for x in report.get("failed_jobs", [])],
              f"Model `{s['model']}`{' (' + s['model_path'] + ')' if s['model_path'] else ''}, cut {s['cut']}, "
              f"batch {s['batch']} x {s['seq_len']} tokens per client, {s['steps']} steps per client of which "
              f"{s['warmup']} are left out, order {s['order']}, server threads {s['server_threads']} "
@@ -169,6 +172,30 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_all(a: argparse.Namespace, counts: list[int], modes: list[str], runs_dir: Path) -> tuple[list, list[str]]:
+    """Run (or re-read) every (clients, mode) job; a failed one is reported and the others
+    go on; a SIGTERM stops the job in progress and runs no more. Returns the finished runs'
+    rows and one line per failed job."""
+    rows, failed = [], []
+    for n in counts:
+        for mode in modes:
+            name = f"{mode}-n{n}"
+            if not (a.reuse and (runs_dir / name / "summary.json").exists()):
+                if (runs_dir / name).exists():
+                    shutil.rmtree(runs_dir / name)  # metrics.jsonl is appended to
+                try:
+                    run_job("splitlora", n + 1, train_args(a, n, mode), runs_dir, name, a.timeout)
+                except JobError as e:
+                    print(e, file=sys.stderr, flush=True)
+                    failed.append(str(e).splitlines()[0].removeprefix("bench: "))
+                    continue
+                except Terminated:
+                    failed.append(f"{name} stopped by SIGTERM; the jobs after it did not run")
+                    return rows, failed
+            rows.append({"mode": mode, **analyze(runs_dir / name, a.warmup)})
+    return rows, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = build_parser().parse_args(argv)
@@ -182,24 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(a.runs_dir) if a.runs_dir else out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     before = load_avg()
-    rows = []
-    for n in counts:
-        for mode in modes:
-            name = f"{mode}-n{n}"
-            if not (a.reuse and (runs_dir / name / "summary.json").exists()):
-                if (runs_dir / name).exists():
-                    import shutil
-
-                    shutil.rmtree(runs_dir / name)  # metrics.jsonl is appended to
-                run_job("splitlora", n + 1, train_args(a, n, mode), runs_dir, name, a.timeout)
-            rows.append({"mode": mode, **analyze(runs_dir / name, a.warmup)})
+    with sigterm_raises():  # a SIGTERM to this driver stops the job it is running, then reports
+        rows, failed = run_all(a, counts, modes, runs_dir)
+    if not rows:
+        raise SystemExit("bench_serving: no job finished; nothing to report")
     settings = {k: getattr(a, k) for k in ("model", "model_path", "steps", "warmup", "batch", "seq_len", "cut",
                                            "order", "window_ms", "server_threads")}
     settings["command"] = "python -m launch.bench_serving " + shlex.join(x for x in argv if x != "--reuse")
     m = machine_info("cpu")
     report = {"settings": settings, "runs": rows, "note": a.note, "machine_info": m,
               "machine": f"{m['cpu_count']} cores ({m['processor']}), torch {m['torch']}",
-              "load_before": before, "load_after": load_avg()}
+              "load_before": before, "load_after": load_avg(), "failed_jobs": failed}
     out.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:
         plot(report, out / "serving.png")
@@ -207,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(render(report))
     print(render(report))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

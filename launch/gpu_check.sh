@@ -27,6 +27,24 @@ fi
 cd "$repo" || exit 1
 start=$(date +%s)
 status=0
+# The whole check's time limit: a step that would pass it is stopped (SIGTERM: its jobs end, what
+# finished is reported) or skipped, and 30 s stay for the report, so a lease that ends at
+# budget + 60 s still gets one.
+budget=${GPU_CHECK_BUDGET:-$([ $dry -eq 1 ] && echo 1200 || echo 480)}
+step() {  # step NAME COMMAND...: COMMAND under the time left
+  local name=$1 left=$(( start + budget - 30 - $(date +%s) ))
+  shift
+  if [ $left -lt 10 ]; then
+    echo "gpu_check: $name skipped: the ${budget}-s budget is spent" | tee -a "$out/stopped.txt" >&2
+    status=1; return
+  fi
+  timeout -k 20 "$left" "$@"
+  local rc=$?
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    echo "gpu_check: $name stopped at the ${budget}-s budget" | tee -a "$out/stopped.txt" >&2
+  fi
+  [ $rc -eq 0 ] || status=1
+}
 
 if [ $dry -eq 1 ]; then  # the same steps, smallest sizes; a third of the CUDA tests (all run on the CPU elsewhere)
   device=cpu model=tiny steps=4 warmup=1 batch=2 seq=64 prompts=2 scaling=1 new_tokens=8 serving=2 serve_steps=3
@@ -56,27 +74,31 @@ EOF
 [ $status -eq 0 ] || exit 1
 
 # 2. the CUDA tests (on the CPU in a dry run)
-SPLITLORA_CHECK_DEVICE=$device "$py" -m pytest -q -p no:cacheprovider -o addopts="" -m cuda tests/test_cuda.py \
-  "${select[@]}" --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log" || status=1
+step tests env SPLITLORA_CHECK_DEVICE=$device "$py" -m pytest -q -p no:cacheprovider -o addopts="" -m cuda \
+  tests/test_cuda.py "${select[@]}" --junitxml="$out/tests.xml" > "$out/tests.log" 2>&1
+tail -n 3 "$out/tests.log" >&2
 
 # 3. training benchmark: CenLoRA vs SplitLoRA at 1..4 clients sharing the device, fp32 vs bf16 cut
-"$py" -m launch.bench --model "$model" --methods cenlora,splitlora --clients 1 --scaling "$scaling" \
+step bench "$py" -m launch.bench --model "$model" --methods cenlora,splitlora --clients 1 --scaling "$scaling" \
   --cut-dtypes fp32,bf16 --steps "$steps" --warmup "$warmup" --batch "$batch" --seq-len "$seq" --cut 3 \
   --eval-examples 0 --server-threads 1 --client-threads 1 --extra=--runtime.device=$device \
   --net.profile lan --out "$out/bench" --runs-dir "$out/bench-runs" --timeout 240 \
-  --note "launch/gpu_check.sh ($device)" > "$out/bench.log" 2>&1 || status=1
+  --note "launch/gpu_check.sh ($device)" > "$out/bench.log" 2>&1
 
 # 3b. server scaling: sequential vs batched server, clients sharing the device
-"$py" -m launch.bench_serving --model "$model" --clients "$serving" --steps "$serve_steps" --warmup "$warmup" \
+step serving "$py" -m launch.bench_serving --model "$model" --clients "$serving" --steps "$serve_steps" --warmup "$warmup" \
   --batch "$batch" --seq-len "$seq" --cut 3 --server-threads 1 --extra=--runtime.device=$device \
   --out "$out/serving" --runs-dir "$out/serving-runs" --timeout 240 --note "launch/gpu_check.sh ($device)" \
-  > "$out/serving.log" 2>&1 || status=1
+  > "$out/serving.log" 2>&1
 
 # 4. beam-10 decoding: ours vs transformers generate on the same device
-"$py" -m launch.bench_decode --model "$model" --prompts "$prompts" --device "$device" --prompt-end eos \
-  --max-new-tokens "$new_tokens" --json "$out/decode.json" > "$out/decode.log" 2>&1 || status=1
+step decode "$py" -m launch.bench_decode --model "$model" --prompts "$prompts" --device "$device" --prompt-end eos \
+  --max-new-tokens "$new_tokens" --json "$out/decode.json" > "$out/decode.log" 2>&1
 
 # 5. the report
 "$py" -m launch.gpu_report "$out" --seconds $(( $(date +%s) - start )) || status=1
-echo "gpu_check: done in $(( $(date +%s) - start )) s, status $status: $out/report.md" >&2
+# Everything but the checkpoints in one file, for machines that hand back only a few files.
+pack=$(mktemp) && tar -czf "$pack" --exclude=ckpt --exclude=check.tar.gz -C "$out" . \
+  && mv "$pack" "$out/check.tar.gz" || { echo "gpu_check: packing $out failed" >&2; status=1; }
+echo "gpu_check: done in $(( $(date +%s) - start )) s, status $status: $out/report.md, $out/check.tar.gz" >&2
 exit $status

@@ -37,8 +37,12 @@ def read_tests(path: Path) -> dict[str, Any] | None:
         for tag in ("failure", "error", "skipped"):
             if case.find(tag) is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-        cases.append({"name": case.get("name"), "time_s": float(case.get("time") or 0.0), "outcome": outcome})
-    counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped")}
+        name = case.get("name")
+        if name is None:  # pytest's entry for the test it was running when interrupted (SIGTERM)
+            name, outcome = "(the test running when the check was stopped)", "interrupted"
+        cases.append({"name": name, "time_s": float(case.get("time") or 0.0), "outcome": outcome})
+    counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped",
+                                                                 "interrupted")}
     return {"counts": counts, "cases": cases}
 
 
@@ -60,7 +64,7 @@ def bench_figures(bench: dict[str, Any] | None) -> dict[str, Any] | None:
     split_vs_cen = split1["step_ms_median"] / cen1["step_ms_median"] if cen1 and split1 else None
     speedup4 = split4["tokens_per_s"] / split1["tokens_per_s"] if split4 and split1 else None
     return {"split_over_cen_step_time_1_client": split_vs_cen, "splitlora_4_over_1_tokens_per_s": speedup4,
-            "runs": runs, "cut_dtype": bench.get("cut_dtype")}
+            "runs": runs, "cut_dtype": bench.get("cut_dtype"), "failed_jobs": bench.get("failed_jobs", [])}
 
 
 def serving_figures(serving: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -73,12 +77,15 @@ def serving_figures(serving: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"runs": [{k: r[k] for k in ("mode", "n_clients", "tokens_per_s", "server_busy", "step_ms_median")}
                      for r in serving["runs"]],
             "most_clients": most, "batched_most_over_1_tokens_per_s":
-                batched["tokens_per_s"] / one["tokens_per_s"] if one and batched and most > 1 else None}
+                batched["tokens_per_s"] / one["tokens_per_s"] if one and batched and most > 1 else None,
+            "failed_jobs": serving.get("failed_jobs", [])}
 
 
 def build(out: Path, seconds: float | None) -> dict[str, Any]:
     bench = bench_figures(read_json(out / "bench" / "report.json"))
-    return {"env": read_json(out / "env.json"), "seconds": seconds, "tests": read_tests(out / "tests.xml"),
+    stopped = (out / "stopped.txt").read_text().splitlines() if (out / "stopped.txt").is_file() else []
+    return {"env": read_json(out / "env.json"), "seconds": seconds, "stopped": stopped,
+            "tests": read_tests(out / "tests.xml"),
             "bench": bench, "serving": serving_figures(read_json(out / "serving" / "report.json")),
             "decode": read_json(out / "decode.json"),
             "targets": {"split_over_cen_max": SPLIT_VS_CEN_MAX, "four_client_speedup_min": FOUR_CLIENT_SPEEDUP_MIN,
@@ -95,12 +102,15 @@ def render(rep: dict[str, Any]) -> str:
              f"Device **{env.get('device', '?')}**; GPUs: {', '.join(env.get('gpus') or []) or 'none'}; "
              f"torch {env.get('torch')}, CUDA {env.get('cuda')}, Python {env.get('python')}; "
              f"nvidia-smi: {env.get('nvidia_smi') or '–'}. Whole check: {_f(rep['seconds'], '.0f')} s.", ""]
+    stopped = rep.get("stopped", [])
+    lines += [f"- **{x.removeprefix('gpu_check: ')}**" for x in stopped] + [""] * bool(stopped)
     lines += ["## CUDA tests (tests/test_cuda.py)", ""]
     if tests is None:
         lines += ["missing: no tests.xml", ""]
     else:
         c = tests["counts"]
-        lines += [f"{c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['skipped']} skipped.", "",
+        lines += [f"{c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['skipped']} skipped"
+                  + (f", {c['interrupted']} interrupted." if c["interrupted"] else "."), "",
                   "| test | outcome | s |", "| --- | --- | ---: |"]
         lines += [f"| {t['name']} | {t['outcome']} | {t['time_s']:.1f} |" for t in tests["cases"]] + [""]
     lines += ["## Training benchmark (launch.bench; details in bench/report.md)", ""]
@@ -116,7 +126,8 @@ def render(rep: dict[str, Any]) -> str:
         ratio, speed = bench["split_over_cen_step_time_1_client"], bench["splitlora_4_over_1_tokens_per_s"]
         lines += ["", f"- SplitLoRA (1 client) / CenLoRA step time: **{_f(ratio)}** (target ≤ {SPLIT_VS_CEN_MAX}: "
                   f"{'met' if ratio is not None and ratio <= SPLIT_VS_CEN_MAX else 'not met'}).",
-                  f"- SplitLoRA tokens/s, 4 clients / 1 client, sequential server: **{_f(speed)}**.", ""]
+                  f"- SplitLoRA tokens/s, 4 clients / 1 client, sequential server: **{_f(speed)}**.",
+                  *[f"- failed, not in the table: {x}" for x in bench["failed_jobs"]], ""]
     lines += serving_lines(rep.get("serving"))
     lines += ["## Beam-10 decoding (launch.bench_decode)", ""]
     if decode is None:
@@ -141,7 +152,8 @@ def serving_lines(serving: dict[str, Any] | None) -> list[str]:
     x, n = serving["batched_most_over_1_tokens_per_s"], serving["most_clients"]
     met = "met" if x is not None and n >= 4 and x >= FOUR_CLIENT_SPEEDUP_MIN else "not met"
     return lines + ["", f"- Batched server, {n} clients / sequential, 1 client, tokens/s: **{_f(x)}** "
-                        f"(target with 4 clients ≥ {FOUR_CLIENT_SPEEDUP_MIN}: {met}).", ""]
+                        f"(target with 4 clients ≥ {FOUR_CLIENT_SPEEDUP_MIN}: {met}).",
+                    *[f"- failed, not in the table: {x}" for x in serving["failed_jobs"]], ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.experiments.common import read_json
+from launch.jobs import run_group
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("fedavg", "ffa", "lora-a2", "flexlora", "hetlora", "flora", "fedex", "fedsa", "rolora", "frlora")
@@ -145,8 +146,8 @@ def run_one(a: argparse.Namespace, extra: list[str], partition: str, strategy: s
                f"--out.name={name}", *extra]
         print(f"heterogeneity: {name} ...", file=sys.stderr, flush=True)
         try:
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=a.timeout,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = run_group(cmd, timeout=a.timeout, cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
             row["rc"] = proc.returncode
             errors = [ln for ln in proc.stderr.splitlines() if "splitlora: error" in ln]
             if proc.returncode != 0:

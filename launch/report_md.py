@@ -183,6 +183,7 @@ def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
     head = [f"model {s['model']} (n_layer {s['n_layer']}, d {s['n_embd']}, vocab {s['vocab_size']}), "
             f"{s['clients']} client(s) × batch {s['batch_per_client']} × seq {s['seq_len']}, cut {s['cut']}, "
             f"steps {s['steps']} (first {s['warmup']} left out), aggregation every {s['aggregate_every']} steps", ""]
+    head += [f"- **failed, not in this report:** {x}" for x in report.get("failed_jobs", [])]
     cmp_lines = []
     if c:
         ratio = c["ratio_split_over_cen_time"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ import torch
 from models.gpt2 import GPT2, GPT2Config
 
 TINY_HF = dict(vocab_size=101, n_positions=40, n_embd=32, n_layer=3, n_head=4)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (``timeout``, a CI cancel, SLURM) ends the session as Ctrl-C does: the
+    running test's jobs are stopped (tests/torchrun_util.py runs them in their own process
+    group and ends it on an interrupt) and the summary and junit file are still written."""
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")

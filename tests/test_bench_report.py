@@ -178,3 +178,29 @@ def test_network_simulation_is_kept_apart_and_ordered(report_dir: Path) -> None:
     assert net["target_loss"] is not None
     for x in net["results"]:  # the default target is one every run reaches
         assert x["time_to_target_s"] == pytest.approx(x["time_to_target_measured_s"] + x["time_to_target_link_s"])
+
+
+@pytest.mark.slow
+def test_a_failed_job_leaves_the_others_in_the_report(report_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-render the finished runs with one more job planned (1 client) that fails: the report
+    holds the finished ones, names the failed one, and the exit code says it."""
+    import launch.bench as bench
+
+    def fail(method: str, nproc: int, args: list[str], out: Path, name: str, timeout: float) -> Path:
+        raise bench.JobError(f"bench: {name} failed (exit 1):\nsome traceback")
+
+    monkeypatch.setattr(bench, "run_job", fail)
+    out = tmp_path / "partial"
+    rc = bench.main(["--out", str(out), "--runs-dir", str(report_dir / "runs"), "--reuse", "--clients", "2",
+                     "--scaling", "1", "--steps", str(STEPS), "--warmup", "1", "--batch", str(BATCH),
+                     "--seq-len", str(SEQ), "--aggregate-every", str(EVERY), "--eval-examples", "0",
+                     "--cut-dtypes", "fp32,bf16", "--shapes", "vanilla,u", "--no-plots"])
+    assert rc == 1
+    report = json.loads((out / "report.json").read_text())
+    failed = [f"{m}-n1" for m in ("cenlora", "fedlora", "splitlora")]  # the plan's order
+    assert report["failed_jobs"] == [f"{name} failed (exit 1):" for name in failed]
+    assert {r["id"] for r in report["runs"]} == {"cenlora-n2", "fedlora-n2", "splitlora-n2", "splitlora-n2-bf16",
+                                                 "splitlora-n2-u"}
+    md = (out / "report.md").read_text()
+    assert all(f"**failed, not in this report:** {name} failed" in md for name in failed)

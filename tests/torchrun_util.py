@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.jobs import run_group
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Small and fast: tiny model, synthetic data, a handful of steps, short eval.
@@ -36,7 +38,8 @@ def torchrun(nproc: int, args: list[str], out_dir: Path, name: str = "run", time
            "-m", "launch.train", *FAST, f"--out.dir={out_dir}", f"--out.name={name}", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("SPLITLORA_DATA", None)
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+    # Its own process group: a timeout or an interrupt ends the ranks too, not only torchrun.
+    proc = run_group(cmd, timeout=timeout, cwd=REPO, capture_output=True, text=True, env=full_env)
     return Run(proc.returncode, proc.stdout, proc.stderr, out_dir / name)
 
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from launch.jobs import run_group
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -146,8 +148,8 @@ def train(nproc: int, args: list[str], run_dir: Path, log_path: Path, need_model
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        rc = run_group(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
     if rc != 0:
         print(f"  training failed (exit {rc}); last lines of {log_path}:\n{_tail(log_path)}", file=sys.stderr,
               flush=True)
