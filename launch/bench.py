@@ -21,6 +21,7 @@ Writes ``DIR/report.json``, ``DIR/report.md`` and PNG plots; the runs stay in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -229,28 +230,40 @@ def rounded(obj: Any, digits: int = 7) -> Any:
     return obj
 
 
+def attempt_job(method: str, nproc: int, args: list[str], out: Path, name: str, timeout: float,
+                failed: list[str]) -> bool:
+    """``run_job``, but a failure is noted in ``failed`` and returns False; a SIGTERM is noted
+    too and raised again (``Terminated``) so that the caller runs no more jobs."""
+    try:
+        run_job(method, nproc, args, out, name, timeout)
+        return True
+    except JobError as e:
+        print(e, file=sys.stderr, flush=True)
+        failed.append(str(e).splitlines()[0].removeprefix("bench: "))
+        return False
+    except Terminated:
+        failed.append(f"{name} stopped by SIGTERM; the jobs after it did not run")
+        print(f"bench: {failed[-1]}", file=sys.stderr, flush=True)
+        raise
+
+
 def run_jobs(a: argparse.Namespace, specs: list[RunSpec], runs_dir: Path) -> tuple[list, list[str]]:
     """Run (or, ``--reuse``, re-read) every job; a failed one is reported and the others go on;
     a SIGTERM stops the job in progress and runs no more (what finished is still reported).
 
     Returns the finished runs as (directory, spec) pairs and one line per failed job."""
-    done, failed = [], []
-    for spec in specs:
-        d = runs_dir / spec.run_id
-        if not (a.reuse and (d / "summary.json").exists()):
-            if d.exists():
-                shutil.rmtree(d)  # a fresh run: metrics.jsonl is appended to
-            try:
-                run_job(spec.method, spec.nproc, train_args(a, spec), runs_dir, spec.run_id, a.timeout)
-            except JobError as e:
-                print(e, file=sys.stderr, flush=True)
-                failed.append(str(e).splitlines()[0].removeprefix("bench: "))
-                continue
-            except Terminated:
-                failed.append(f"{spec.run_id} stopped by SIGTERM; the jobs after it did not run")
-                print(f"bench: {failed[-1]}", file=sys.stderr, flush=True)
-                break
-        done.append((d, spec))
+    done: list[tuple[Path, RunSpec]] = []
+    failed: list[str] = []
+    with contextlib.suppress(Terminated):
+        for spec in specs:
+            d = runs_dir / spec.run_id
+            if not (a.reuse and (d / "summary.json").exists()):
+                if d.exists():
+                    shutil.rmtree(d)  # a fresh run: metrics.jsonl is appended to
+                if not attempt_job(spec.method, spec.nproc, train_args(a, spec), runs_dir, spec.run_id, a.timeout,
+                                   failed):
+                    continue
+            done.append((d, spec))
     return done, failed
 
 

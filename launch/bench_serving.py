@@ -21,6 +21,7 @@ into ``--out``; runs go to ``--runs-dir`` (default ``OUT/runs``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import shutil
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.bench import JobError, run_job
+from launch.bench import attempt_job
 from launch.jobs import Terminated, sigterm_raises
 from launch.report_build import load_avg, machine_info
 
@@ -176,23 +177,18 @@ def run_all(a: argparse.Namespace, counts: list[int], modes: list[str], runs_dir
     """Run (or re-read) every (clients, mode) job; a failed one is reported and the others
     go on; a SIGTERM stops the job in progress and runs no more. Returns the finished runs'
     rows and one line per failed job."""
-    rows, failed = [], []
-    for n in counts:
-        for mode in modes:
-            name = f"{mode}-n{n}"
-            if not (a.reuse and (runs_dir / name / "summary.json").exists()):
-                if (runs_dir / name).exists():
-                    shutil.rmtree(runs_dir / name)  # metrics.jsonl is appended to
-                try:
-                    run_job("splitlora", n + 1, train_args(a, n, mode), runs_dir, name, a.timeout)
-                except JobError as e:
-                    print(e, file=sys.stderr, flush=True)
-                    failed.append(str(e).splitlines()[0].removeprefix("bench: "))
-                    continue
-                except Terminated:
-                    failed.append(f"{name} stopped by SIGTERM; the jobs after it did not run")
-                    return rows, failed
-            rows.append({"mode": mode, **analyze(runs_dir / name, a.warmup)})
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    with contextlib.suppress(Terminated):
+        for n in counts:
+            for mode in modes:
+                name = f"{mode}-n{n}"
+                if not (a.reuse and (runs_dir / name / "summary.json").exists()):
+                    if (runs_dir / name).exists():
+                        shutil.rmtree(runs_dir / name)  # metrics.jsonl is appended to
+                    if not attempt_job("splitlora", n + 1, train_args(a, n, mode), runs_dir, name, a.timeout, failed):
+                        continue
+                rows.append({"mode": mode, **analyze(runs_dir / name, a.warmup)})
     return rows, failed
 
 
