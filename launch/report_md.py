@@ -176,43 +176,73 @@ def _caution(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
-    """The whole report (or, ``brief``, the phase table and the headline comparison)."""
-    m, s, c = report["machine"], report["settings"], report["comparison"]
-    th = s["threads"]
+def _settings_lines(report: dict[str, Any]) -> list[str]:
+    s = report["settings"]
     head = [f"model {s['model']} (n_layer {s['n_layer']}, d {s['n_embd']}, vocab {s['vocab_size']}), "
             f"{s['clients']} client(s) × batch {s['batch_per_client']} × seq {s['seq_len']}, cut {s['cut']}, "
             f"steps {s['steps']} (first {s['warmup']} left out), aggregation every {s['aggregate_every']} steps", ""]
-    head += [f"- **failed, not in this report:** {x}" for x in report.get("failed_jobs", [])]
-    cmp_lines = []
-    if c:
-        ratio = c["ratio_split_over_cen_time"]
-        cmp_lines = [f"- SplitLoRA / CenLoRA time for the same examples: **{_f(ratio, 3)}**",
-                     f"- cut bytes per step: {c['cut_bytes_per_step_measured']:.0f} measured "
-                     f"(activations + gradients {c['cut_bytes_activations_only']:.0f}) vs theory 2·B·T·d·4 = "
-                     f"{c['cut_bytes_theory_2BTd4']:.0f} → {c['bytes_vs_theory']:.4f} "
-                     "(the rest is targets + loss mask, int64)", ""]
+    return head + [f"- **failed, not in this report:** {x}" for x in report.get("failed_jobs", [])]
+
+
+def _comparison_lines(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    return [f"- SplitLoRA / CenLoRA time for the same examples: **{_f(c['ratio_split_over_cen_time'], 3)}**",
+            f"- cut bytes per step: {c['cut_bytes_per_step_measured']:.0f} measured "
+            f"(activations + gradients {c['cut_bytes_activations_only']:.0f}) vs theory 2·B·T·d·4 = "
+            f"{c['cut_bytes_theory_2BTd4']:.0f} → {c['bytes_vs_theory']:.4f} "
+            "(the rest is targets + loss mask, int64)", ""]
+
+
+def _machine_lines(report: dict[str, Any]) -> list[str]:
+    """Machine, threads (and whether the largest job oversubscribes the cores), command."""
+    m, s = report["machine"], report["settings"]
+    th = s["threads"]
+    n_max = max(r["n_clients"] for r in report["runs"])
+    busy = th["server_resolved"] + n_max * th["client_resolved"]
+    rerendered = " (this report was re-rendered from its finished runs)" if s.get("rendered_from_existing_runs") else ""
+    return [f"Machine: `{m['platform']}`, {m['cpu_count']} CPU(s) ({m['processor']}), Python {m['python']}, "
+            f"torch {m['torch']}, device **{m['device']}**; 1-minute load average before/after the jobs: "
+            f"{_loads(m.get('load_1min_around_jobs'), ' to ')}.", "",
+            f"Threads: rank 0 (server / CenLoRA) `--runtime.server_threads={th['server_threads']}` "
+            f"(→ {th['server_resolved']}), clients `--runtime.client_threads={th['client_threads']}` "
+            f"(→ {th['client_resolved']}); every process of a job shares this machine's cores: the largest job "
+            f"runs {busy} compute thread(s) on {m['cpu_count']} core(s)"
+            + (" (oversubscribed: waiting processes mostly sleep, but timings include contention)."
+               if busy > (m["cpu_count"] or 1) else "."), "",
+            f"Command: `{s['command']}`" + rerendered, ""]
+
+
+def _optional_sections(report: dict[str, Any], img: Any) -> list[str]:
+    """The cut-dtype and split-shape sections, where the report has those runs."""
+    out: list[str] = []
+    if report["cut_dtype"]:
+        out += ["## Activation compression (cut dtype)", "",
+                "SplitLoRA with the activations and their gradients cast before sending and back after "
+                "(`--split.cut_dtype`), same seed and order.", "", *dtype_table(report), *img("cut_dtype", "dtype")]
+    if report.get("split_shapes"):
+        out += ["## Split shapes: vanilla beside U", "",
+                "Same model, seed and examples. Vanilla (`--split.shape=vanilla`): the server holds the blocks "
+                "from the cut on, `ln_f`, the head and the loss, so the client sends its targets (token ids) "
+                "with the activations. U (`--split.shape=u`): the client keeps `ln_f`, the head and the loss "
+                "(and blocks from `--split.head_cut` on); each direction carries two (B, T, d) tensors, no "
+                "integer tensor. In U, the client's fwd+bwd includes its back end (the head).", "",
+                *shapes_table(report)]
+    return out
+
+
+def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
+    """The whole report (or, ``brief``, the phase table and the headline comparison)."""
+    s = report["settings"]
+    head, cmp_lines = _settings_lines(report), _comparison_lines(report["comparison"])
     if brief:
         return "\n".join(head + phase_table(report) + cmp_lines)
     plots = report.get("plots", {})
-    rerendered = " (this report was re-rendered from its finished runs)" if s.get("rendered_from_existing_runs") else ""
-    n_max = max(r["n_clients"] for r in report["runs"])
-    busy = th["server_resolved"] + n_max * th["client_resolved"]
 
     def img(key: str, alt: str) -> list[str]:
         return [f"![{alt}]({plots[key]})", ""] if key in plots else []
 
-    out = ["# SplitLoRA latency report", "",
-           f"Machine: `{m['platform']}`, {m['cpu_count']} CPU(s) ({m['processor']}), Python {m['python']}, "
-           f"torch {m['torch']}, device **{m['device']}**; 1-minute load average before/after the jobs: "
-           f"{_loads(m.get('load_1min_around_jobs'), ' to ')}.", "",
-           f"Threads: rank 0 (server / CenLoRA) `--runtime.server_threads={th['server_threads']}` "
-           f"(→ {th['server_resolved']}), clients `--runtime.client_threads={th['client_threads']}` "
-           f"(→ {th['client_resolved']}); every process of a job shares this machine's cores: the largest job "
-           f"runs {busy} compute thread(s) on {m['cpu_count']} core(s)"
-           + (" (oversubscribed: waiting processes mostly sleep, but timings include contention)."
-              if busy > (m["cpu_count"] or 1) else "."), "",
-           f"Command: `{s['command']}`" + rerendered, "", *_caution(report), *head,
+    out = ["# SplitLoRA latency report", "", *_machine_lines(report), *_caution(report), *head,
            f"Data: {s['data']}; lr {s['lr']}, seed {s['seed']}, server order {s['order']}. CenLoRA runs "
            "batch clients × batch in one process, so every method processes the same examples per round. "
            "Every figure comes from the runtime's timers and byte counters (metrics.jsonl, summary.json); "
@@ -243,25 +273,13 @@ def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
            "CenLoRA at N clients is one process with batch N × batch. On a machine with fewer cores than "
            "processes, the clients of FedLoRA compute in parallel only as far as cores allow, and a job with "
            "more processes also takes a larger share of a machine that other work shares.", "",
-           *scaling_table(report), *img("scaling", "scaling")]
-    if report["cut_dtype"]:
-        out += ["## Activation compression (cut dtype)", "",
-                "SplitLoRA with the activations and their gradients cast before sending and back after "
-                "(`--split.cut_dtype`), same seed and order.", "", *dtype_table(report), *img("cut_dtype", "dtype")]
-    if report.get("split_shapes"):
-        out += ["## Split shapes: vanilla beside U", "",
-                "Same model, seed and examples. Vanilla (`--split.shape=vanilla`): the server holds the blocks "
-                "from the cut on, `ln_f`, the head and the loss, so the client sends its targets (token ids) "
-                "with the activations. U (`--split.shape=u`): the client keeps `ln_f`, the head and the loss "
-                "(and blocks from `--split.head_cut` on); each direction carries two (B, T, d) tensors, no "
-                "integer tensor. In U, the client's fwd+bwd includes its back end (the head).", "",
-                *shapes_table(report)]
-    out += ["## Network simulation (simulated, kept apart from measured time)", "", *network_section(report),
-            *img("time_to_target", "time to target"),
-            "## Checks", "",
-            "The per-phase times of a step add up to its measured step time by construction "
-            "(cut up / cut down are the remainders of two client-side intervals; a negative remainder would "
-            "be clamped to 0 and show as a sum above 1). The last column is an independent check: the step "
-            "and aggregation records against each client's whole-loop wall time (the rest is data loading "
-            "and logging).", "", *checks_section(report)]
+           *scaling_table(report), *img("scaling", "scaling"), *_optional_sections(report, img),
+           "## Network simulation (simulated, kept apart from measured time)", "", *network_section(report),
+           *img("time_to_target", "time to target"),
+           "## Checks", "",
+           "The per-phase times of a step add up to its measured step time by construction "
+           "(cut up / cut down are the remainders of two client-side intervals; a negative remainder would "
+           "be clamped to 0 and show as a sum above 1). The last column is an independent check: the step "
+           "and aggregation records against each client's whole-loop wall time (the rest is data loading "
+           "and logging).", "", *checks_section(report)]
     return "\n".join(out) + "\n"
