@@ -4,8 +4,13 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# requirements.txt pins torch for the CPU set-up (an unpinned torch pulls a multi-GB CUDA build
+# there); the package itself takes any torch from the oldest the suite has passed on (2.11,
+# the version of the GPU image docs/gpu.md describes; 2.13 in CI), so installing it never
+# replaces a machine's own (CUDA) torch.
+TORCH = "torch>=2.11"
 REQUIREMENTS = [
-    line.strip()
+    TORCH if line.startswith("torch") else line.strip()
     for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
     if line.strip() and not line.startswith("#") and not line.startswith(("pytest", "ruff", "peft", "tensorboard"))
 ]
