@@ -157,7 +157,8 @@ def collect(out: Path) -> list[dict[str, Any]]:
         launch = cfg.get("launch", {})
         rec: dict[str, Any] = {
             "run": run_dir.name, "model": cfg["model"]["name"], "model_path": cfg["model"]["path"],
-            "method": cfg["method"], "r": cfg["lora"]["r"],
+            "method": cfg["method"], "r": cfg["lora"]["r"], "seed": cfg["train"]["seed"],
+            "finetune": cfg["train"].get("finetune", "lora"),
             "clients": 0 if cfg["method"] == "cenlora" else launch.get("world_size", 1) - 1,
             "partition": cfg["data"]["partition"], "aggregate_every": cfg["fed"]["aggregate_every"],
             "data_source": summary.get("data_source"), "local_steps": summary.get("local_steps"),
@@ -168,7 +169,8 @@ def collect(out: Path) -> list[dict[str, Any]]:
             s = common.read_json(run_dir / f"eval-{style}" / "scores.json")
             if s:
                 rec["scores"][style] = {**s["scores"], "n_mrs": s["n_mrs"], "data_source": s["data_source"],
-                                        "num_beams": s["decode"]["num_beams"]}
+                                        "num_beams": s["decode"]["num_beams"],
+                                        "repeat_scope": s["decode"].get("repeat_scope", "sequence")}
                 rec["slots"] = s.get("slots") or rec.get("slots")  # the same texts in both styles
         paper = paper_scores(rec["model"], rec["method"], rec["r"])
         rec["paper"] = dict(zip(METRICS, paper)) if paper else None
