@@ -58,9 +58,13 @@ class LoRAConfig:
     alpha: float = 32.0
     dropout: float = 0.1  # on the input of the LoRA path only
     targets: tuple[str, ...] = ("q", "v")
+    # Global indices of the blocks that get adapters (peft's layers_to_transform); None = every block.
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
+        if self.layers is not None:
+            self.layers = tuple(self.layers)
         self.validate()
 
     def validate(self) -> None:
@@ -77,6 +81,11 @@ class LoRAConfig:
                 raise ValueError(f"unknown LoRA target {t!r}; valid targets: {list(TARGETS)}")
         if len(set(self.targets)) != len(self.targets):
             raise ValueError(f"LoRAConfig.targets has duplicates: {self.targets!r}")
+        if self.layers is not None:
+            if not self.layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.layers):
+                raise ValueError(f"LoRAConfig.layers must be None or block indices >= 0, got {self.layers!r}")
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"LoRAConfig.layers has duplicates: {self.layers!r}")
 
 
 class LoRAAdapter(nn.Module):
@@ -225,10 +234,11 @@ class LoRALinear(nn.Module):
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
-    """Wrap the targets of every block ``model`` owns in place; freeze all non-LoRA parameters.
+    """Wrap the targets of every block ``model`` owns (of ``cfg.layers`` only, when given) in
+    place; freeze all non-LoRA parameters.
 
-    ``model`` is a GPT2 or a part of one (``model.transformer.h`` holds its blocks).
-    Returns ``model``.
+    ``model`` is a GPT2 or a part of one (``model.transformer.h`` holds its blocks, keyed by
+    their global index). Returns ``model``.
     """
     cfg.validate()
     by_module: dict[str, list[tuple[str, int | None]]] = {}
@@ -236,6 +246,8 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
         path, index = TARGETS[t]
         by_module.setdefault(path, []).append((t, index))
     for block_name, block in model.transformer["h"].items():
+        if cfg.layers is not None and int(block_name) not in cfg.layers:
+            continue
         for path, targets in by_module.items():
             parent_path, leaf = path.rsplit(".", 1)
             parent = block.get_submodule(parent_path)

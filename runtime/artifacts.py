@@ -128,6 +128,8 @@ def peft_layout(model: torch.nn.Module, cfg: Config) -> tuple[dict[str, torch.Te
         "lora_dropout": cfg.lora.dropout, "target_modules": sorted(targets), "fan_in_fan_out": True,
         "bias": "none", "base_model_name_or_path": cfg.model.path or cfg.model.name,
     }
+    if cfg.lora.layer_list() is not None:  # peft finds block i as transformer.h.<i>
+        config.update(layers_to_transform=list(cfg.lora.layer_list()), layers_pattern="h")
     return tensors, config
 
 

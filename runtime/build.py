@@ -81,7 +81,8 @@ def build_part(cfg: Config, role: str, cut: int | None = None) -> GPT2:
         model = GPT2(model_config(cfg), keep=keep.__contains__)
     if cfg.train.finetune != "full":
         targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
-        apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets))
+        apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
+                                     layers=cfg.lora.layer_list()))
     return finish_part(model, pieces)
 
 

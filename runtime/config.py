@@ -54,11 +54,28 @@ class LoRASection:
     alpha: float = 32.0  # LoRA scaling is alpha / r
     dropout: float = 0.1  # dropout on the LoRA branch input
     targets: str = "q,v"  # comma list of q, k, v, attn_proj, mlp_fc, mlp_proj
+    layers: str = ""  # blocks that get adapters, e.g. "1,2,3" or "1..3" (peft's layers_to_transform); "" = all
 
     def __post_init__(self) -> None:
+        self.layer_list()  # raises ConfigError on a malformed list
         _check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
         _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
         _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+    def layer_list(self) -> tuple[int, ...] | None:
+        """The adapted blocks in increasing order; None = every block."""
+        if not self.layers.strip():
+            return None
+        out: set[int] = set()
+        for part in (x.strip() for x in self.layers.split(",")):
+            lo, sep, hi = part.partition("..")
+            try:
+                out |= set(range(int(lo), int(hi) + 1)) if sep else {int(part)}
+            except ValueError:
+                raise ConfigError(f"lora.layers must be block indices like 1,2,3 or 1..3, "
+                                  f"got {self.layers!r}") from None
+        _check(bool(out) and min(out) >= 0, f"lora.layers must name blocks >= 0, got {self.layers!r}")
+        return tuple(sorted(out))
 
 
 @dataclass
@@ -351,4 +368,24 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
                    f"split.client_cuts must all be in [1, {n_layer - 1}], got {cfg.split.client_cuts}")
             _check(cfg.fed.strategy == "fedavg",
                    "split.client_cuts (per-client cuts) is implemented for fed.strategy=fedavg only")
+    _check_lora_layers(cfg, world_size, n_layer)
 
+
+def _check_lora_layers(cfg: Config, world_size: int, n_layer: int) -> None:
+    """lora.layers must exist in the model and leave every training party an adapter (an
+    optimizer over nothing, an aggregation of nothing)."""
+    layers = cfg.lora.layer_list()
+    if layers is None or cfg.train.finetune == "full":
+        return
+    _check(max(layers) < n_layer, f"lora.layers names block {max(layers)}; the model has blocks 0..{n_layer - 1}")
+    if cfg.method != "splitlora":
+        return  # cenlora/fedlora: one whole model per process
+    head = (cfg.split.head_cut or n_layer) if cfg.split.shape == "u" else n_layer
+    for cut in sorted(set(cfg.split.cuts(world_size - 1))):
+        client = [i for i in layers if i < cut or i >= head]
+        server = [i for i in layers if cut <= i < head]
+        back = f" and {head}..{n_layer - 1}" if head < n_layer else ""
+        _check(bool(client), f"lora.layers={cfg.lora.layers!r} leaves the clients with cut {cut} no adapter "
+                             f"(they hold blocks 0..{cut - 1}{back})")
+        _check(bool(server), f"lora.layers={cfg.lora.layers!r} leaves the server no adapter for cut {cut} "
+                             f"(it holds blocks {cut}..{head - 1})")

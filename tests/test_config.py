@@ -50,6 +50,8 @@ def test_round_trip_through_json():
     (["--split.max_batch_clients=-2"], "split.max_batch_clients"),
     (["--split.server_batching=true", "--split.shape=u"], "split.server_batching supports split.shape=vanilla"),
     (["--split.server_batching=true", "--split.client_cuts=1,2"], "split.server_batching needs one cut"),
+    (["--lora.layers=1,x"], "lora.layers"),
+    (["--lora.layers=-1"], "lora.layers"),
 ])
 def test_bad_values_name_the_field(argv, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
@@ -79,6 +81,29 @@ def test_client_slowdown_and_cuts_are_checked_against_the_world():
         validate_for_world(build_config(["--fed.client_ranks=2"]), 3, 4)
     with pytest.raises(ConfigError, match="r_k must be <= r_G"):
         validate_for_world(build_config(["--fed.client_ranks=2,8", "--lora.r=4"]), 3, 4)
+
+
+def test_lora_layers_parse_and_leave_every_party_an_adapter():
+    assert build_config(["--lora.layers=3,1..2,1"]).lora.layer_list() == (1, 2, 3)
+    assert build_config([]).lora.layer_list() is None
+    with pytest.raises(ConfigError, match="names block 4; the model has blocks 0..3"):
+        validate_for_world(build_config(["--method=cenlora", "--lora.layers=4"]), 1, 4)
+    validate_for_world(build_config(["--method=cenlora", "--lora.layers=3"]), 1, 4)
+    validate_for_world(build_config(["--method=fedlora", "--lora.layers=0"]), 3, 4)
+    split = ["--method=splitlora", "--split.cut=2"]
+    with pytest.raises(ConfigError, match="leaves the clients with cut 2 no adapter"):
+        validate_for_world(build_config([*split, "--lora.layers=2..3"]), 3, 4)
+    with pytest.raises(ConfigError, match="leaves the server no adapter for cut 2"):
+        validate_for_world(build_config([*split, "--lora.layers=0,1"]), 3, 4)
+    validate_for_world(build_config([*split, "--lora.layers=1,2"]), 3, 4)
+    with pytest.raises(ConfigError, match="leaves the clients with cut 1"):  # per-client cuts: each is checked
+        validate_for_world(build_config([*split, "--split.client_cuts=1,2", "--lora.layers=1,2"]), 3, 4)
+    # u shape: the client's back end (blocks head_cut..) counts for the client
+    u = ["--method=splitlora", "--split.shape=u", "--split.cut=1", "--split.head_cut=3"]
+    validate_for_world(build_config([*u, "--lora.layers=1,3"]), 3, 4)
+    with pytest.raises(ConfigError, match="server no adapter"):
+        validate_for_world(build_config([*u, "--lora.layers=0,3"]), 3, 4)
+    validate_for_world(build_config(["--train.finetune=full", "--method=cenlora", "--lora.layers=9"]), 1, 4)
 
 
 def _dotted_keys(cls, prefix=""):

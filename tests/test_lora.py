@@ -198,6 +198,9 @@ def test_lora_dropout_only_in_training():
         (dict(targets=("q", "o")), "'o'"),
         (dict(targets=()), "empty"),
         (dict(targets=("q", "q")), "duplicates"),
+        (dict(layers=()), "layers"),
+        (dict(layers=(1, -1)), "layers"),
+        (dict(layers=(1, 1)), "duplicates"),
     ],
 )
 def test_bad_config(kwargs, match):
@@ -213,3 +216,16 @@ def test_bad_config_mutated_after_creation_and_double_apply(tiny_model):
     apply_lora(tiny_model, LoRAConfig())
     with pytest.raises(ValueError, match="already applied"):
         apply_lora(tiny_model, LoRAConfig())
+
+
+def test_layers_adapt_only_those_blocks_also_in_a_part(tiny_model):
+    """Blocks are named by their global index, so a part adapts the same blocks as the whole model."""
+    import copy
+
+    client, server = split_model(copy.deepcopy(tiny_model), 1)  # 3 blocks: client 0, server 1..2
+    for part in (tiny_model, client, server):
+        apply_lora(part, LoRAConfig(r=2, layers=(0, 2)))
+    adapted = {n.split(".")[2] for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert adapted == {"0", "2"}
+    assert {n.split(".")[2] for n, _ in iter_lora_adapters(client)} == {"0"}
+    assert {n.split(".")[2] for n, _ in iter_lora_adapters(server)} == {"2"}

@@ -19,19 +19,21 @@ FAST = ["--method=cenlora", "--data.source=synthetic", "--data.max_train_example
         "--lora.dropout=0"]
 
 
-def _trained(tmp_path, base, targets: str):
+def _trained(tmp_path, base, targets: str, extra: tuple[str, ...] = ()):
     name = targets.replace(",", "-")
     assert train_main([*FAST, f"--model.path={base}", f"--lora.targets={targets}", f"--out.dir={tmp_path}",
-                       f"--out.name={name}"]) == 0
+                       f"--out.name={name}", *extra]) == 0
     run = tmp_path / name
     saved = json.loads((run / "config.json").read_text())
     return run, load_trained_model(config_from_dict({k: v for k, v in saved.items() if k != "launch"}), run).eval()
 
 
-@pytest.mark.parametrize("targets", ["q,k,v,attn_proj,mlp_fc,mlp_proj", "mlp_fc,mlp_proj"])
-def test_peft_logits_and_merged_logits_equal_ours(pretrained_base, tmp_path, targets):
-    run, ours = _trained(tmp_path, pretrained_base, targets)
+@pytest.mark.parametrize(("targets", "layers"), [("q,k,v,attn_proj,mlp_fc,mlp_proj", ""), ("mlp_fc,mlp_proj", ""),
+                                                ("q,v,mlp_fc", "0,2")])
+def test_peft_logits_and_merged_logits_equal_ours(pretrained_base, tmp_path, targets, layers):
+    run, ours = _trained(tmp_path, pretrained_base, targets, (f"--lora.layers={layers}",))
     adapter_cfg = json.loads((run / "model/adapter_config.json").read_text())
+    assert adapter_cfg.get("layers_to_transform") == ([int(x) for x in layers.split(",")] if layers else None)
     assert adapter_cfg["base_model_name_or_path"] == str(pretrained_base)
     base = transformers.GPT2LMHeadModel.from_pretrained(pretrained_base).eval()
     x = torch.randint(0, ours.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(1))

@@ -1,5 +1,7 @@
 """Multi-process runs of every method under torchrun (gloo, tiny preset, CPU)."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -87,3 +89,15 @@ def test_more_clients_than_rpc_threads(tmp_path):
     steps = [r for r in run.metrics() if r.get("kind") == "step"]
     assert len(steps) == 6 * 3
     assert run.summary()["n_clients"] == 6
+
+
+def test_split_run_with_adapters_on_some_blocks_only(tmp_path):
+    """lora.layers: the client adapts block 0, the server block 3; blocks 1-2 stay frozen and unadapted."""
+    run = torchrun(3, ["--train.max_steps=4", "--fed.aggregate_every=2", "--split.cut=1", "--lora.layers=0,3"],
+                   tmp_path)
+    assert run.rc == 0, run.stderr[-3000:]
+    lora = load_file(str(run.run_dir / "model" / "lora.safetensors"))
+    assert {k.split(".")[2] for k in lora} == {"0", "3"}
+    assert all(v.abs().sum() > 0 for k, v in lora.items() if k.endswith("lora_B"))  # both sides trained
+    adapter_cfg = json.loads((run.run_dir / "model" / "adapter_config.json").read_text())
+    assert adapter_cfg["layers_to_transform"] == [0, 3]

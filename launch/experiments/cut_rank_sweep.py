@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--cuts must lie in 1..{n_layer - 1} for a {n_layer}-block model, got {a.cuts}")
         if a.clients < 1 or a.steps < 1:
             raise ValueError("--clients and --steps must be >= 1")
+        if any(x.startswith("--lora.layers=") for x in extra):
+            raise ValueError("--lora.layers is not supported here: the sweep's client FLOPs and adapter sizes "
+                             "assume adapters in every block the client holds")
     except (ValueError, FileNotFoundError) as exc:
         print(f"cut_rank_sweep: error: {exc}", file=sys.stderr)
         return 2
