@@ -58,8 +58,8 @@ class ClientRun:
         self.cut = self.cuts[world.client_index]
         self.module = build_client_module(cfg, world.device, self.cut)
         self.strategy = build_strategy(cfg.fed.strategy, cfg.fed)
-        t = cfg.train
-        self.opt = torch.optim.AdamW(self.strategy.param_groups(self.module, t.lr), lr=t.lr, betas=(t.beta1, t.beta2),
+        t, lr = cfg.train, cfg.train.lr * cfg.fed.client_lr_scale
+        self.opt = torch.optim.AdamW(self.strategy.param_groups(self.module, lr), lr=lr, betas=(t.beta1, t.beta2),
                                      eps=t.eps, weight_decay=t.weight_decay, foreach=False)
         ranks = cfg.fed.rank_list()
         self.weights = client_weights(plan.counts, cfg.fed.weighting)

@@ -184,9 +184,13 @@ class FedConfig:
     lr_b_ratio: float = 5.0  # LoRA-A2: lr_B = ratio * lr_A (LoRA+)
     probe_steps: int = 5  # LoRA-A2: local steps of the rank-selection probe
     on_client_failure: str = "abort"  # abort: every rank exits non-zero; continue: finish without it
+    # Client optimizers' lr = train.lr x this (the server keeps train.lr). FedAvg over N clients that each
+    # take 1/N of the steps moves an adapter about 1/N as far as one process on all the data.
+    client_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.aggregate_every >= 1, f"fed.aggregate_every must be >= 1, got {self.aggregate_every}")
+        _check(self.client_lr_scale > 0, f"fed.client_lr_scale must be > 0, got {self.client_lr_scale}")
         _check(self.weighting in ("samples", "uniform"),
                f"fed.weighting must be samples|uniform, got {self.weighting!r}")
         from runtime.strategies import STRATEGIES
@@ -335,6 +339,8 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
         _check(len(cfg.runtime.slowdowns(1)) == world_size - 1,
                f"runtime.client_slowdown gives {len(cfg.runtime.slowdowns(1))} factor(s) but there are "
                f"{world_size - 1} clients")
+    _check(cfg.method != "cenlora" or cfg.fed.client_lr_scale == 1.0,
+           "fed.client_lr_scale applies to the clients of splitlora/fedlora; cenlora has none")
     ranks = cfg.fed.rank_list()
     if ranks:
         _check(cfg.method != "cenlora", "fed.client_ranks applies to splitlora/fedlora, not cenlora")

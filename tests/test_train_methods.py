@@ -101,3 +101,19 @@ def test_split_run_with_adapters_on_some_blocks_only(tmp_path):
     assert all(v.abs().sum() > 0 for k, v in lora.items() if k.endswith("lora_B"))  # both sides trained
     adapter_cfg = json.loads((run.run_dir / "model" / "adapter_config.json").read_text())
     assert adapter_cfg["layers_to_transform"] == [0, 3]
+
+
+def test_client_lr_scale_scales_the_clients_lr_only(tmp_path):
+    """fed.client_lr_scale=3: every client step runs at 3x the lr of the same run unscaled (same schedule)."""
+    args = ["--train.max_steps=4", "--fed.aggregate_every=2", "--train.warmup_steps=1"]
+    base = torchrun(3, args, tmp_path, "base")
+    scaled = torchrun(3, [*args, "--fed.client_lr_scale=3"], tmp_path, "scaled")
+    assert base.rc == 0 and scaled.rc == 0, (base.stderr[-2000:], scaled.stderr[-2000:])
+
+    def lrs(run):
+        return {(r["client"], r["step"]): r["lr"] for r in run.metrics() if r.get("kind") == "step"}
+
+    got, want = lrs(scaled), lrs(base)
+    assert got.keys() == want.keys() and len(got) == 2 * 4
+    assert all(abs(got[k] - 3 * want[k]) < 1e-12 for k in got) and min(want.values()) >= 0 < max(want.values())
+    assert scaled.summary()["loss_last"] != base.summary()["loss_last"]  # the clients' adapters moved differently
