@@ -35,7 +35,8 @@ def test_tables_and_gaps_from_a_results_file(tmp_path: Path, capsys: pytest.Capt
             _rec("splitlora", 4, 1, 0.59), _rec("splitlora", 4, 2, 0.63),
             _rec("splitlora", 8, 1, 0.70),  # no CenLoRA at r = 8: not paired, one seed: not in the seed table
             _rec("splitlora", 4, 3, 0.10, scope="sequence"),  # another decoding rule: left out
-            dict(_rec("cenlora", 4, 1, 0.58), layers="1..3")]  # a variant of CenLoRA, paired with it
+            dict(_rec("cenlora", 4, 1, 0.58), layers="1..3"),  # a variant of CenLoRA, paired with it
+            dict(_rec("splitlora", 4, 1, 0.605), client_lr_scale=3.0)]  # another cell than plain SplitLoRA
     assert seeds.main([str(_write(tmp_path, recs))]) == 0
     out = capsys.readouterr().out
     assert "| cenlora | 4 | 60.00 | 62.00 | 61.00 | 61.00 | 2.00 | 3 |" in out
@@ -44,6 +45,7 @@ def test_tables_and_gaps_from_a_results_file(tmp_path: Path, capsys: pytest.Capt
     assert "2 paired runs, mean +0.00, 1 below / 1 above / 0 tied; sign test p = 1" in out
     assert "| 8 |" not in out
     assert "| cenlora [layers 1..3] | 4 | -2.00 | – | -2.00 |" in out
+    assert "| splitlora [client lr x3] (contiguous) | 4 | +0.50 | – | +0.50 |" in out
 
 
 def test_refuses_ambiguous_runs_and_missing_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

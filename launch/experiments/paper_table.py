@@ -159,6 +159,7 @@ def collect(out: Path) -> list[dict[str, Any]]:
             "run": run_dir.name, "model": cfg["model"]["name"], "model_path": cfg["model"]["path"],
             "method": cfg["method"], "r": cfg["lora"]["r"], "seed": cfg["train"]["seed"],
             "finetune": cfg["train"].get("finetune", "lora"), "layers": cfg["lora"].get("layers", ""),
+            "client_lr_scale": cfg["fed"].get("client_lr_scale", 1.0),
             "clients": 0 if cfg["method"] == "cenlora" else launch.get("world_size", 1) - 1,
             "partition": cfg["data"]["partition"], "aggregate_every": cfg["fed"]["aggregate_every"],
             "data_source": summary.get("data_source"), "local_steps": summary.get("local_steps"),

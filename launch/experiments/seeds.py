@@ -6,8 +6,8 @@
     python -m launch.experiments.seeds docs/experiments/mini-cpu/results.json --against cenlora
 
 A cell is (method, partition, fine-tuning, rank); a run belongs to it with its ``train.seed``.
-A run with ``lora.layers`` set is a variant of its method ("cenlora [layers 1..3]"), paired
-with the plain method like any other.
+A run with ``lora.layers`` or ``fed.client_lr_scale`` set is a variant of its method
+("cenlora [layers 1..3]", "splitlora [client lr x3]"), paired with the plain method like any other.
 For every cell run with two seeds or more: the score per seed, mean and spread (max - min).
 Then, for every method against ``--against`` (CenLoRA by default), the gap per rank and seed
 where both ran with that seed (paired runs: same seed, same examples), its mean, how many
@@ -34,7 +34,9 @@ Cell = tuple[str, str, str, int]  # (method, partition, finetune, r)
 def _cell(rec: dict[str, Any]) -> Cell:
     method = rec["method"]
     partition = DASH if method == "cenlora" else rec.get("partition", DASH)
-    variant = f"{method} [layers {rec['layers']}]" if rec.get("layers") else method
+    tags = [f"layers {rec['layers']}"] if rec.get("layers") else []
+    tags += [f"client lr x{rec['client_lr_scale']:g}"] if rec.get("client_lr_scale", 1.0) != 1.0 else []
+    variant = f"{method} [{', '.join(tags)}]" if tags else method
     return variant, partition, rec.get("finetune", "lora"), int(rec["r"])
 
 
