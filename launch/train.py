@@ -163,7 +163,11 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
         _start(cfg, run_dir, {"world_size": world_size, "device": str(world.device), "host": socket.gethostname(),
                               "node_rank": os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID")),
                               "data_source": plan.source, "client_samples": plan.counts,
-                              "local_steps": plan.local_steps}, start_step)
+                              "local_steps": plan.local_steps, "client_backend": world.client_backend,
+                              "client_backend_reason": world.client_backend_reason}, start_step)
+        if world.device.type == "cuda":
+            print(f"splitlora: client group: {world.client_backend} ({world.client_backend_reason})",
+                  file=sys.stderr, flush=True)
         summary = run_server(cfg, world, run_dir, plan)
         write_json(run_dir / "summary.json", summary)
         _report(run_dir, summary)

@@ -1,9 +1,10 @@
 """Client-side aggregation over the client-only process group.
 
 The maths is a plain function of tensors; the collective is one ``all_reduce`` of a
-single flat buffer (one call instead of one per tensor). On CUDA the buffer stays on
-the GPU and NCCL reduces it directly; on CPU gloo does. The server is not a member of
-the group and never sees client adapters.
+single flat buffer (one call instead of one per tensor). With an NCCL client group the
+buffer stays on the GPU; with gloo (CPU runs, or clients sharing a GPU, which NCCL
+refuses) it is reduced in host memory. The server is not a member of the group and
+never sees client adapters.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def weighted_mean(tensor_sets: list[list[torch.Tensor]], weights: list[float]) -
     return out
 
 
+def on_backend_device(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """``tensor`` where the group's backend reduces it: host memory for gloo, as it is for NCCL."""
+    return tensor.cpu() if tensor.is_cuda and dist.get_backend(group) == "gloo" else tensor
+
+
 @torch.no_grad()
 def allreduce_weighted_mean(tensors: list[torch.Tensor], weight: float, group: dist.ProcessGroup | None) -> int:
     """Replace every tensor by the weighted mean over the group, in place.
@@ -43,7 +49,7 @@ def allreduce_weighted_mean(tensors: list[torch.Tensor], weight: float, group: d
     """
     if not tensors:
         return 0
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors]) * weight  # (sum numel,)
+    flat = on_backend_device(torch.cat([t.detach().reshape(-1).float() for t in tensors]) * weight, group)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     offset = 0
     for t in tensors:

@@ -219,6 +219,7 @@ class RuntimeConfig:
     rpc_threads: int = 0  # TensorPipe worker threads; 0 = max(16, 2 * clients + 8)
     transport: str = "auto"  # auto (uv on CPU: shm busy-polls), uv, shm
     cuda_cut: str = "host"  # host: cut tensors staged through CPU (works with dist autograd); device_maps
+    client_backend: str = "auto"  # client group: auto (NCCL if each client has a GPU of its own), nccl, gloo
     server_threads: int = 0  # torch threads on the server; 0 = cores left by waiting clients
     client_threads: int = 1  # torch threads on each client
     # Simulated heterogeneous clients: per-client slow-down factors ("1,1,3": client 3 takes
@@ -239,6 +240,9 @@ class RuntimeConfig:
                f"runtime.transport must be auto|uv|shm, got {self.transport!r}")
         _check(self.cuda_cut in ("host", "device_maps"),
                f"runtime.cuda_cut must be host|device_maps, got {self.cuda_cut!r}")
+        _check(self.client_backend in ("auto", "nccl", "gloo")
+               and (self.client_backend, self.device) != ("nccl", "cpu"),
+               f"runtime.client_backend must be auto|nccl|gloo (nccl needs CUDA), got {self.client_backend!r}")
         _check(self.server_threads >= 0 and self.client_threads >= 0, "runtime.*_threads must be >= 0")
         try:
             factors = self.slowdowns(1)

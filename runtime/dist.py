@@ -1,7 +1,8 @@
 """Process groups and the RPC agent: start-up and bounded shut-down.
 
 Order on every rank (measured to work with one MASTER_ADDR/PORT, REFERENCE.md §7):
-``init_process_group`` (gloo on CPU; gloo+NCCL on CUDA) → ``new_group(client ranks)``
+``init_process_group`` (gloo on CPU; gloo+NCCL on CUDA) → every rank's device, gathered to
+choose the client group's backend → ``new_group(client ranks)``
 called on *every* rank (a subgroup collective hangs if any member skipped it) →
 ``init_rpc`` (TensorPipe). Rank 0 is the server, ranks 1..N the clients.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import warnings
 from dataclasses import dataclass, field
 
@@ -37,6 +39,8 @@ class World:
     # fed.on_client_failure=continue: for each client c, a group of all clients but c
     # (created up front: new_group needs every rank, and a dead one cannot join later).
     fallback_groups: dict[int, dist.ProcessGroup] = field(default_factory=dict)
+    client_backend: str = "gloo"  # of the client group: nccl, or gloo (tensors staged through host memory)
+    client_backend_reason: str = ""
 
     @property
     def is_server(self) -> bool:
@@ -70,6 +74,38 @@ def pick_device(cfg: Config, local_rank: int) -> torch.device:
         n = torch.cuda.device_count()
         return torch.device("cuda", local_rank % n)
     return torch.device("cpu")
+
+
+def device_key(device: torch.device) -> str:
+    """The physical device a rank computes on, comparable across ranks and hosts: ``cpu`` or
+    ``cuda:<GPU UUID>`` (not the index: CUDA_VISIBLE_DEVICES may number GPUs per process)."""
+    if device.type != "cuda":
+        return "cpu"
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    gpu = str(uuid) if uuid is not None else f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}#{device.index}"
+    return f"cuda:{socket.gethostname()}:{gpu}"
+
+
+def choose_client_backend(requested: str, client_devices: list[str]) -> tuple[str, str]:
+    """The client group's backend (nccl or gloo) and why, from every client's ``device_key``.
+
+    NCCL needs each member of a group on a GPU of its own: since NCCL 2.5 it refuses two ranks
+    of one communicator on one GPU ("Duplicate GPU detected"). Clients that share a GPU (the
+    one-GPU machine, more clients than GPUs) reduce with gloo instead, through host memory.
+    """
+    if requested == "gloo":
+        return "gloo", "runtime.client_backend=gloo"
+    if "cpu" in client_devices:
+        if requested == "nccl":
+            raise RuntimeError("runtime.client_backend=nccl needs every client on a GPU; some run on the CPU")
+        return "gloo", "clients on the CPU"
+    shared = [rank for rank, key in enumerate(client_devices, start=1) if client_devices.count(key) > 1]
+    if shared:
+        why = f"clients {','.join(map(str, shared))} share a GPU, and NCCL refuses two ranks of a group on one GPU"
+        if requested == "nccl":
+            raise RuntimeError(f"runtime.client_backend=nccl: {why}; use auto or gloo")
+        return "gloo", f"{why}: gloo through host memory"
+    return "nccl", "every client on a GPU of its own"
 
 
 def rpc_threads(cfg: Config, n_clients: int) -> int:
@@ -110,8 +146,12 @@ def init_world(cfg: Config) -> World:
     timeout = datetime.timedelta(seconds=cfg.runtime.rpc_timeout)
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
+    keys: list[str] = [""] * world_size
+    dist.all_gather_object(keys, device_key(device))  # over gloo, in host memory
+    # Every rank computes the same choice from the same list: all create the group alike.
+    sub_backend, world.client_backend_reason = choose_client_backend(cfg.runtime.client_backend, keys[1:])
+    world.client_backend = sub_backend
     # Every rank must call new_group, members or not.
-    sub_backend = "nccl" if device.type == "cuda" else "gloo"
     clients = list(range(1, world_size))
     group = dist.new_group(ranks=clients, timeout=timeout, backend=sub_backend)
     if not world.is_server:

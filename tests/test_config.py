@@ -52,6 +52,8 @@ def test_round_trip_through_json():
     (["--split.server_batching=true", "--split.client_cuts=1,2"], "split.server_batching needs one cut"),
     (["--lora.layers=1,x"], "lora.layers"),
     (["--lora.layers=-1"], "lora.layers"),
+    (["--runtime.client_backend=mpi"], "runtime.client_backend"),
+    (["--runtime.client_backend=nccl", "--runtime.device=cpu"], "runtime.client_backend"),
 ])
 def test_bad_values_name_the_field(argv, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

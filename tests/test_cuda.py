@@ -8,6 +8,7 @@ Tolerances are stated per test: GPU kernels (cuBLAS, SDPA) sum in other orders t
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -36,16 +37,33 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) 
         assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, (a[k] - b[k]).abs().max().item())
 
 
-def test_fedavg_over_the_client_group_equals_the_cpu_result(tmp_path):
-    """NCCL (cuda) or gloo (cpu) all_reduce of client adapters: the same model as a CPU run (atol 1e-4)."""
+def _client_backend(run) -> str:
+    return json.loads((run.run_dir / "config.json").read_text())["launch"]["client_backend"]
+
+
+def _expected_backend(n_clients: int) -> str:
+    """Rank k uses GPU k mod n: clients 1..N get distinct GPUs iff N <= n. NCCL refuses two
+    ranks of one group on one GPU, so clients sharing one reduce with gloo via host memory."""
+    if DEVICE != "cuda":
+        return "gloo"
+    return "nccl" if n_clients <= torch.cuda.device_count() else "gloo"
+
+
+@pytest.mark.parametrize("n_clients", [1, 2])
+def test_fedavg_over_the_client_group_equals_the_cpu_result(tmp_path, n_clients):
+    """The all_reduce of client adapters (NCCL where each client has a GPU of its own, so one
+    client on a one-GPU machine; else gloo through host memory): the CPU run's model (atol 1e-4)."""
     args = ["--method=fedlora", "--train.max_steps=4", "--fed.aggregate_every=1", *EXACT]
-    dev = torchrun(3, [*args, *DEV], tmp_path, "dev", timeout=300)
-    cpu = torchrun(3, [*args, "--runtime.device=cpu"], tmp_path, "cpu", timeout=300)
+    dev = torchrun(1 + n_clients, [*args, *DEV], tmp_path, "dev", timeout=300)
+    cpu = torchrun(1 + n_clients, [*args, "--runtime.device=cpu"], tmp_path, "cpu", timeout=300)
     assert dev.rc == 0 and cpu.rc == 0, (dev.stderr[-2000:], cpu.stderr[-2000:])
+    assert _client_backend(dev) == _expected_backend(n_clients)
+    assert len([r for r in dev.metrics() if r.get("kind") == "aggregate"]) == 4 * n_clients
     _close(_lora(dev), _lora(cpu), 1e-4)
-    c1 = torch.load(dev.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["lora"]
-    c2 = torch.load(dev.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["lora"]
-    assert all(torch.equal(c1[k], c2[k]) for k in c1)  # the all_reduce left every client the same average
+    if n_clients == 2:
+        c1 = torch.load(dev.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["lora"]
+        c2 = torch.load(dev.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["lora"]
+        assert all(torch.equal(c1[k], c2[k]) for k in c1)  # the all_reduce left every client the same average
 
 
 COMMON = ["--train.max_steps=4", *EXACT, *DEV]
@@ -113,6 +131,7 @@ def test_ranks_share_one_device(tmp_path):
     run = torchrun(4, ["--train.max_steps=4", "--fed.aggregate_every=2", *DEV], tmp_path, timeout=300)
     assert run.rc == 0, run.stderr[-3000:]
     assert run.summary()["n_clients"] == 3 and "out of memory" not in run.stderr.lower()
+    assert _client_backend(run) == _expected_backend(3)
 
 
 def test_beam_search_on_the_device_gives_the_cpu_tokens():

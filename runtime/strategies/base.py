@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from models.lora import LoRAAdapter, iter_lora_adapters
+from runtime.aggregate import on_backend_device
 
 
 @dataclass
@@ -116,8 +117,9 @@ def flat_allreduce_sum(tensors: list[torch.Tensor], group: dist.ProcessGroup | N
     """Sum each tensor over the group with one collective on one flat fp32 buffer."""
     if not tensors:
         return []
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])  # (sum numel,)
+    flat = on_backend_device(torch.cat([t.detach().reshape(-1).float() for t in tensors]), group)  # (sum numel,)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat = flat.to(tensors[0].device)
     out, offset = [], 0
     for t in tensors:
         out.append(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))

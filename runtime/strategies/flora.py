@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from models.lora import LoRAAdapter, iter_lora_linears
+from runtime.aggregate import on_backend_device
 from runtime.strategies.base import ClientContext, CommStats, Strategy
 from runtime.strategies.hetlora import factor_payload, use_first_ranks
 
@@ -82,9 +83,10 @@ class FLoRA(Strategy):
             keep = a.rank_mask.detach()
             parts += [(a.lora_B.detach() * keep[None, :]).float().reshape(-1),
                       (a.lora_A.detach() * keep[:, None]).float().reshape(-1)]
-        local = torch.cat(parts)
+        local = on_backend_device(torch.cat(parts), ctx.group)
         gathered = [torch.empty_like(local) for _ in range(ctx.n_clients)]
         dist.all_gather(gathered, local, group=ctx.group)
+        gathered = [buf.to(ctx.device) for buf in gathered]
         ranks = [int(buf[0].item()) for buf in gathered]
         with torch.no_grad():
             offset = 1
