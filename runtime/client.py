@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from models.lora import load_lora_state_dict
@@ -32,7 +31,7 @@ from runtime.build import (
 )
 from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
-from runtime.dist import SERVER, World, abort, world_barrier
+from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.inputs import ClientData, RunPlan
 from runtime.roles import LOG_FLUSH, eval_loss, evaluate_at_end, maybe_inject_fault
 from runtime.steps import Stepper
@@ -148,10 +147,10 @@ class ClientRun:
             "lora": trained_state(module, self.cfg), "base": base, "optimizer": self.opt.state_dict(),
             "scheduler": self.stepper.sched.state_dict(), "strategy": self.strategy.state_dict(),
             "rounds": self.rounds, "probe_pos": self.probe_pos, "comm_total": self.comm_total})
-        self.collective(lambda: dist.barrier(group=self.ctx.group))  # every client has written its file
+        self.collective(lambda: group_barrier(self.ctx.group, self.world.device))  # every client has written its file
         if self.world.rank == self.live[0]:
             rpc.rpc_sync(SERVER, coordinator.coord_checkpoint, args=(step,))  # server file + ckpt/latest
-        self.collective(lambda: dist.barrier(group=self.ctx.group))
+        self.collective(lambda: group_barrier(self.ctx.group, self.world.device))
 
     def train(self) -> tuple[list[dict[str, Any]], float]:
         """The local steps with their aggregation rounds; returns the step records and the wall time."""

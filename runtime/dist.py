@@ -184,6 +184,15 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def group_barrier(group: dist.ProcessGroup, device: torch.device) -> None:
+    """All members of ``group`` meet here. An NCCL group is told this rank's GPU: else it
+    guesses one from the rank within the group, which need not be the GPU this rank uses."""
+    if device.type == "cuda" and dist.get_backend(group) == "nccl":
+        dist.barrier(group=group, device_ids=[device.index])
+    else:
+        dist.barrier(group=group)
+
+
 def world_barrier() -> None:
     """All ranks meet here (default group): e.g. clients wait until the server is serving."""
     dist.barrier()
