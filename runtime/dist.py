@@ -114,7 +114,8 @@ def rpc_threads(cfg: Config, n_clients: int) -> int:
     return cfg.runtime.rpc_threads or max(16, 2 * n_clients + 8)
 
 
-def _rpc_options(cfg: Config, world: World) -> rpc.TensorPipeRpcBackendOptions:
+def _rpc_options(cfg: Config, world: World, gpu_index: list[int | None]) -> rpc.TensorPipeRpcBackendOptions:
+    """TensorPipe options; ``gpu_index[r]``: the CUDA index rank r computes on (None on the CPU)."""
     transports = None
     transport = cfg.runtime.transport
     if transport == "uv" or (transport == "auto" and world.device.type == "cpu"):
@@ -126,13 +127,16 @@ def _rpc_options(cfg: Config, world: World) -> rpc.TensorPipeRpcBackendOptions:
         _transports=transports,
     )
     if world.device.type == "cuda" and cfg.runtime.cuda_cut == "device_maps":
-        # Beta in torch: CUDA tensors sent without a host copy. Clients map to the server's device.
-        server_dev = world.device.index if world.is_server else None
+        # Beta in torch: CUDA tensors sent without a host copy, each client's GPU to the server's
+        # and back (inverse maps; distributed autograd sends gradients back by the reverse map).
+        if None in gpu_index:
+            raise RuntimeError("runtime.cuda_cut=device_maps needs every rank on a GPU; some run on the CPU")
+        gpu = [torch.device("cuda", i) for i in gpu_index]
         if world.is_server:
             for r in range(1, world.world_size):
-                opts.set_device_map(client_name(r), {server_dev: server_dev})
+                opts.set_device_map(client_name(r), {gpu[0]: gpu[r]})
         else:
-            opts.set_device_map(SERVER, {world.device.index: world.device.index})
+            opts.set_device_map(SERVER, {world.device: gpu[0]})
     return opts
 
 
@@ -146,10 +150,11 @@ def init_world(cfg: Config) -> World:
     timeout = datetime.timedelta(seconds=cfg.runtime.rpc_timeout)
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
-    keys: list[str] = [""] * world_size
-    dist.all_gather_object(keys, device_key(device))  # over gloo, in host memory
+    placed: list[tuple[str, int | None]] = [("", None)] * world_size
+    dist.all_gather_object(placed, (device_key(device), device.index))  # over gloo, in host memory
     # Every rank computes the same choice from the same list: all create the group alike.
-    sub_backend, world.client_backend_reason = choose_client_backend(cfg.runtime.client_backend, keys[1:])
+    sub_backend, world.client_backend_reason = choose_client_backend(cfg.runtime.client_backend,
+                                                                     [key for key, _ in placed[1:]])
     world.client_backend = sub_backend
     # Every rank must call new_group, members or not.
     clients = list(range(1, world_size))
@@ -164,7 +169,8 @@ def init_world(cfg: Config) -> World:
     # init_rpc prints an upstream deprecation warning about the Gloo ProcessGroup once per
     # rank (harmless, REFERENCE.md §7); keep it out of the user's log.
     warnings.filterwarnings("ignore", message=r"You are using a Backend .* as a ProcessGroup")
-    rpc.init_rpc(world.role, rank=rank, world_size=world_size, rpc_backend_options=_rpc_options(cfg, world))
+    options = _rpc_options(cfg, world, [index for _, index in placed])
+    rpc.init_rpc(world.role, rank=rank, world_size=world_size, rpc_backend_options=options)
     return world
 
 

@@ -48,3 +48,22 @@ def test_device_key_of_the_cpu_and_host_tensors_stay_where_they_are():
 def test_device_key_names_the_physical_gpu():
     key = device_key(torch.device("cuda", 0))
     assert key.startswith("cuda:") and key == device_key(torch.device("cuda", 0))
+
+
+def test_device_maps_send_each_clients_gpu_to_the_servers_and_back():
+    """runtime.cuda_cut=device_maps: client k maps its GPU to the server's, the server maps its
+    GPU back to client k's (the indices every rank gathered; no GPU is touched here)."""
+    from runtime.config_build import build_config
+    from runtime.dist import World, _rpc_options
+
+    cuda = lambda i: torch.device("cuda", i)  # noqa: E731
+    cfg = build_config(["--runtime.cuda_cut=device_maps"])
+    gpus = [0, 2, 1]  # server on GPU 0, client 1 on GPU 2, client 2 on GPU 1
+    client2 = _rpc_options(cfg, World(2, 3, 2, cuda(1)), gpus)
+    assert client2.device_maps == {"server": {cuda(1): cuda(0)}}
+    server = _rpc_options(cfg, World(0, 3, 0, cuda(0)), gpus)
+    assert server.device_maps == {"client1": {cuda(0): cuda(2)}, "client2": {cuda(0): cuda(1)}}
+    with pytest.raises(RuntimeError, match="needs every rank on a GPU"):
+        _rpc_options(cfg, World(0, 3, 0, cuda(0)), [0, None, 1])
+    host = _rpc_options(build_config([]), World(2, 3, 2, cuda(1)), gpus)
+    assert host.device_maps == {}  # the default cut goes through host memory: no maps

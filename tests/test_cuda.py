@@ -24,6 +24,9 @@ pytestmark = [
                        reason="no CUDA device here (SPLITLORA_CHECK_DEVICE=cpu runs these tests on the CPU)"),
 ]
 DEV = [f"--runtime.device={DEVICE}"]
+# Per run: a few steps of a tiny model take seconds; a hang the ranks' watchdogs miss (rpc_timeout
+# 60 s) must not eat the GPU check's whole budget.
+TIMEOUT = 180
 EXACT = ["--lora.dropout=0", "--model.dropout=0", "--data.partition=contiguous", "--runtime.order=round_robin"]
 
 
@@ -54,8 +57,8 @@ def test_fedavg_over_the_client_group_equals_the_cpu_result(tmp_path, n_clients)
     """The all_reduce of client adapters (NCCL where each client has a GPU of its own, so one
     client on a one-GPU machine; else gloo through host memory): the CPU run's model (atol 1e-4)."""
     args = ["--method=fedlora", "--train.max_steps=4", "--fed.aggregate_every=1", *EXACT]
-    dev = torchrun(1 + n_clients, [*args, *DEV], tmp_path, "dev", timeout=300)
-    cpu = torchrun(1 + n_clients, [*args, "--runtime.device=cpu"], tmp_path, "cpu", timeout=300)
+    dev = torchrun(1 + n_clients, [*args, *DEV], tmp_path, "dev", timeout=TIMEOUT)
+    cpu = torchrun(1 + n_clients, [*args, "--runtime.device=cpu"], tmp_path, "cpu", timeout=TIMEOUT)
     assert dev.rc == 0 and cpu.rc == 0, (dev.stderr[-2000:], cpu.stderr[-2000:])
     assert _client_backend(dev) == _expected_backend(n_clients)
     assert len([r for r in dev.metrics() if r.get("kind") == "aggregate"]) == 4 * n_clients
@@ -71,7 +74,7 @@ COMMON = ["--train.max_steps=4", *EXACT, *DEV]
 
 @pytest.fixture(scope="module")
 def cenlora_run(tmp_path_factory):
-    run = torchrun(1, ["--method=cenlora", *COMMON], tmp_path_factory.mktemp("cen"), "cen", timeout=300)
+    run = torchrun(1, ["--method=cenlora", *COMMON], tmp_path_factory.mktemp("cen"), "cen", timeout=TIMEOUT)
     assert run.rc == 0, run.stderr[-2000:]
     return run
 
@@ -86,7 +89,7 @@ def test_one_client_split_equals_cenlora_on_the_device(tmp_path, cenlora_run, cu
     """The cut is invisible on the device too (atol 1e-5), with the cut staged through host
     memory or sent GPU to GPU (``runtime.cuda_cut=device_maps``)."""
     split = torchrun(2, ["--method=splitlora", f"--split.shape={shape}", "--split.cut=2",
-                         f"--runtime.cuda_cut={cut_mode}", *COMMON], tmp_path, "split", timeout=300)
+                         f"--runtime.cuda_cut={cut_mode}", *COMMON], tmp_path, "split", timeout=TIMEOUT)
     assert split.rc == 0, split.stderr[-2000:]
     _close(_lora(cenlora_run), _lora(split), 1e-5)
     assert abs(cenlora_run.summary()["loss_last"] - split.summary()["loss_last"]) < 1e-4
@@ -95,7 +98,7 @@ def test_one_client_split_equals_cenlora_on_the_device(tmp_path, cenlora_run, cu
 @pytest.mark.parametrize("method", ["splitlora", "fedlora"])
 def test_two_clients_train_and_aggregate_on_the_device(tmp_path, method):
     run = torchrun(3, [f"--method={method}", "--train.max_steps=8", "--fed.aggregate_every=4", *DEV], tmp_path,
-                   timeout=300)
+                   timeout=TIMEOUT)
     assert run.rc == 0, run.stderr[-3000:]
     s = run.summary()
     assert s["loss_last"] < s["loss_first"], (s["loss_first"], s["loss_last"])
@@ -108,11 +111,11 @@ def test_batched_server_on_the_device(tmp_path, cenlora_run):
     """Batched serving on the device: one client equals CenLoRA (atol 1e-5); three clients
     sharing the device are served in batches of three."""
     one = torchrun(2, ["--method=splitlora", "--split.server_batching=true", "--split.cut=2", *COMMON], tmp_path,
-                   "one", timeout=300)
+                   "one", timeout=TIMEOUT)
     assert one.rc == 0, one.stderr[-2000:]
     _close(_lora(cenlora_run), _lora(one), 1e-5)
     three = torchrun(4, ["--split.server_batching=true", "--train.max_steps=4", "--runtime.order=round_robin", *DEV],
-                     tmp_path, "three", timeout=300)
+                     tmp_path, "three", timeout=TIMEOUT)
     assert three.rc == 0, three.stderr[-3000:]
     batches = [r for r in three.metrics() if r.get("kind") == "server_batch"]
     assert [r["clients"] for r in batches] == [[1, 2, 3]] * 4
@@ -120,7 +123,7 @@ def test_batched_server_on_the_device(tmp_path, cenlora_run):
 
 def test_bf16_cut_on_the_device(tmp_path):
     run = torchrun(3, ["--train.max_steps=4", "--split.cut_dtype=bf16", "--split.cut=2", *DEV], tmp_path,
-                   timeout=300)
+                   timeout=TIMEOUT)
     assert run.rc == 0, run.stderr[-3000:]
     for r in (r for r in run.metrics() if r.get("kind") == "step"):
         assert r["bytes_down"] == r["tokens"] * 64 * 2  # the activation gradient: bf16 (B, T, 64)
@@ -128,7 +131,7 @@ def test_bf16_cut_on_the_device(tmp_path):
 
 def test_ranks_share_one_device(tmp_path):
     """4 ranks (server + 3 clients); rank k uses GPU k mod n, so with one GPU all share it."""
-    run = torchrun(4, ["--train.max_steps=4", "--fed.aggregate_every=2", *DEV], tmp_path, timeout=300)
+    run = torchrun(4, ["--train.max_steps=4", "--fed.aggregate_every=2", *DEV], tmp_path, timeout=TIMEOUT)
     assert run.rc == 0, run.stderr[-3000:]
     assert run.summary()["n_clients"] == 3 and "out of memory" not in run.stderr.lower()
     assert _client_backend(run) == _expected_backend(3)
