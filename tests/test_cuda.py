@@ -121,6 +121,22 @@ def test_batched_server_on_the_device(tmp_path, cenlora_run):
     assert [r["clients"] for r in batches] == [[1, 2, 3]] * 4
 
 
+@pytest.mark.parametrize("strategy, method", [("lora-a2", "splitlora"), ("flora", "fedlora")])
+def test_heterogeneous_rank_strategies_on_the_device(tmp_path, strategy, method):
+    """LoRA-A2 (probe steps, rank selection masks) and FLoRA (an all_gather, a base that changes)
+    with clients of ranks 2 and 4: every tensor they make must land on the clients' device."""
+    run = torchrun(3, [f"--method={method}", f"--fed.strategy={strategy}", "--train.max_steps=6",
+                       "--fed.aggregate_every=2", "--lora.r=4", "--fed.client_ranks=2,4", "--fed.probe_steps=2",
+                       *DEV], tmp_path, timeout=TIMEOUT)
+    assert run.rc == 0, run.stderr[-3000:]
+    records = run.metrics()
+    for client in (1, 2):
+        losses = [r["loss"] for r in records if r.get("kind") == "step" and r["client"] == client]
+        assert len(losses) == 6 and losses[-1] < losses[0], (client, losses)
+        rounds = [r["round"] for r in records if r.get("kind") == "aggregate" and r["client"] == client]
+        assert rounds == [1, 2, 3]
+
+
 def test_bf16_cut_on_the_device(tmp_path):
     run = torchrun(3, ["--train.max_steps=4", "--split.cut_dtype=bf16", "--split.cut=2", *DEV], tmp_path,
                    timeout=TIMEOUT)
