@@ -48,10 +48,10 @@ step() {  # step NAME COMMAND...: COMMAND under the time left
 
 if [ $dry -eq 1 ]; then  # the same steps, smallest sizes; a third of the CUDA tests (all run on the CPU elsewhere)
   device=cpu model=tiny steps=4 warmup=1 batch=2 seq=64 prompts=2 scaling=1 new_tokens=8 serving=2 serve_steps=3
-  select=(-k "fedavg or vanilla-host or beam_search or batched")
+  select=(-k "fedavg or vanilla-host or beam_search or batched") shards=2
 else
   device=cuda model=gpt2 steps=20 warmup=5 batch=8 seq=128 prompts=8 scaling=1,2,4 new_tokens=64 serving=1,2,4
-  serve_steps=12 select=()
+  serve_steps=12 select=() shards=${GPU_CHECK_TEST_SHARDS:-3}
 fi
 echo "gpu_check: device $device, model $model, writing $out" >&2
 
@@ -74,9 +74,10 @@ EOF
 [ $status -eq 0 ] || exit 1
 
 # 2. the CUDA tests (on the CPU in a dry run)
-step tests env SPLITLORA_CHECK_DEVICE=$device "$py" -m pytest -q -p no:cacheprovider -o addopts="" -m cuda \
-  tests/test_cuda.py "${select[@]}" --junitxml="$out/tests.xml" > "$out/tests.log" 2>&1
-tail -n 3 "$out/tests.log" >&2
+# (in shards side by side: the tests are mostly process start-up; launch/gpu_tests.py merges them)
+step tests env SPLITLORA_CHECK_DEVICE=$device "$py" -m launch.gpu_tests --shards "$shards" --junit "$out/tests.xml" \
+  --log "$out/tests.log" -- -q -m cuda tests/test_cuda.py "${select[@]}" > "$out/tests-runner.log" 2>&1
+cat "$out/tests-runner.log" >&2; grep -h "passed\|failed\|error" "$out/tests.log" | tail -n 4 >&2
 
 # 3. training benchmark: CenLoRA vs SplitLoRA at 1..4 clients sharing the device, fp32 vs bf16 cut
 step bench "$py" -m launch.bench --model "$model" --methods cenlora,splitlora --clients 1 --scaling "$scaling" \

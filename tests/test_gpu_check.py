@@ -50,7 +50,7 @@ def test_a_check_past_its_budget_still_writes_a_report_and_leaves_nothing_runnin
     assert "bench skipped: the 50-s budget is spent" in md
     assert "decode skipped" in md
     rep = json.loads((out / "report.json").read_text())
-    assert rep["tests"]["counts"]["interrupted"] == 1
+    assert rep["tests"]["counts"]["interrupted"] >= 1  # one per shard that was inside a test
     time.sleep(2)
     assert not _jobs_started_here(), "ranks of the stopped check still run"
 
