@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(runs, settings_of(a, dirs, argv), machine_info(device, runs), a.profiles,
                           a.net_allreduce, a.target_loss, a.smooth)
     report["failed_jobs"] = failed
+    # The client group's backend per run (NCCL only where each client has a GPU of its own).
+    report["client_backends"] = {spec.run_id: x["client_backend"] for spec, x in zip(specs, launches)
+                                 if "client_backend" in x}
     from launch.report_md import render_markdown
 
     out.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,8 @@ def bench_figures(bench: dict[str, Any] | None) -> dict[str, Any] | None:
     split_vs_cen = split1["step_ms_median"] / cen1["step_ms_median"] if cen1 and split1 else None
     speedup4 = split4["tokens_per_s"] / split1["tokens_per_s"] if split4 and split1 else None
     return {"split_over_cen_step_time_1_client": split_vs_cen, "splitlora_4_over_1_tokens_per_s": speedup4,
-            "runs": runs, "cut_dtype": bench.get("cut_dtype"), "failed_jobs": bench.get("failed_jobs", [])}
+            "runs": runs, "cut_dtype": bench.get("cut_dtype"), "failed_jobs": bench.get("failed_jobs", []),
+            "client_backends": bench.get("client_backends", {})}
 
 
 def serving_figures(serving: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -127,7 +128,12 @@ def render(rep: dict[str, Any]) -> str:
         lines += ["", f"- SplitLoRA (1 client) / CenLoRA step time: **{_f(ratio)}** (target ≤ {SPLIT_VS_CEN_MAX}: "
                   f"{'met' if ratio is not None and ratio <= SPLIT_VS_CEN_MAX else 'not met'}).",
                   f"- SplitLoRA tokens/s, 4 clients / 1 client, sequential server: **{_f(speed)}**.",
-                  *[f"- failed, not in the table: {x}" for x in bench["failed_jobs"]], ""]
+                  *[f"- failed, not in the table: {x}" for x in bench["failed_jobs"]]]
+        backends = bench.get("client_backends") or {}
+        if backends:
+            lines.append("- client group (NCCL only where each client has a GPU of its own): "
+                         + ", ".join(f"{k} {v}" for k, v in backends.items()) + ".")
+        lines.append("")
     lines += serving_lines(rep.get("serving"))
     lines += ["## Beam-10 decoding (launch.bench_decode)", ""]
     if decode is None:

@@ -26,6 +26,7 @@ def test_gpu_check_dry_run_writes_its_report(tmp_path):
     ids = {r["id"] for r in rep["bench"]["runs"]}
     assert {"cenlora-n1", "splitlora-n1", "splitlora-n1-bf16"} <= ids
     assert rep["bench"]["split_over_cen_step_time_1_client"] > 0
+    assert rep["bench"]["client_backends"]["splitlora-n1"] == "gloo"  # on the CPU
     assert rep["decode"]["results"] and rep["decode"]["results"][0]["equal_outputs"] >= 1
     assert {(r["mode"], r["n_clients"]) for r in rep["serving"]["runs"]} == {("sequential", 2), ("batched", 2)}
     md = (out / "report.md").read_text()
