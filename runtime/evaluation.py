@@ -29,7 +29,7 @@ from runtime.build import build_full_model, run_vocab
 from runtime.config import Config
 from runtime.data.e2e import MRGroup, group_by_mr
 from runtime.data.locate import load_splits
-from runtime.data.tokenizer import EOS_ID, load_gpt2_tokenizer
+from runtime.data.tokenizer import EOS_ID, load_bpe
 from runtime.data.vocab import VocabMap, load_vocab_map
 
 REFS_STYLES = ("raw", "tokenized")
@@ -71,7 +71,7 @@ def decode_groups(model: torch.nn.Module, groups: list[MRGroup], decode: DecodeC
     A compact-vocabulary model (``vocab``, else ``vocab_map.json`` in ``model_dir``) gets its
     prompts and stop ids through the map and its outputs mapped back before detokenising.
     """
-    tok = load_gpt2_tokenizer(model_dir)
+    tok = load_bpe(model_dir)
     vocab = vocab if vocab is not None else load_vocab_map(model_dir)
     prompts = [tok.encode(g.context, add_special_tokens=False) + [EOS_ID] for g in groups]
     if vocab is not None:

@@ -24,7 +24,7 @@ from runtime.data.dataset import EncodedExample, collate, encode_items
 from runtime.data.locate import load_splits
 from runtime.data.partition import describe_partition, parse_scheme, partition
 from runtime.data.pretrain_docs import make_docs
-from runtime.data.tokenizer import load_gpt2_tokenizer
+from runtime.data.tokenizer import load_bpe
 
 
 @dataclass
@@ -106,7 +106,7 @@ def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientDa
     if cfg.data.max_train_examples:
         train = train[: cfg.data.max_train_examples]
     valid = valid[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else []
-    tok = load_gpt2_tokenizer(cfg.model.path)
+    tok = load_bpe(cfg.model.path)
     shards = partition(train, n_clients, cfg.data.partition, seed=cfg.train.seed)
     mine = [train[i] for i in shards[client_index]]
     info = (describe_partition(shards, train, parse_scheme(cfg.data.partition).attribute)

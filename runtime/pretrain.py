@@ -55,11 +55,11 @@ def build_vocab(cfg: Config):
     """The compact vocabulary of the training split (references + MR contexts) + stop ids."""
     from runtime.data.dataset import _batch_encode
     from runtime.data.locate import load_splits
-    from runtime.data.tokenizer import load_gpt2_tokenizer
+    from runtime.data.tokenizer import load_bpe
     from runtime.data.vocab import VocabMap
 
     splits = load_splits(cfg.data.dir, cfg.data.source, synthetic_seed=cfg.train.seed)
-    tok = load_gpt2_tokenizer()
+    tok = load_bpe()
     texts = [" " + it.completion for it in splits.train] + list(dict.fromkeys(it.context for it in splits.train))
     return VocabMap.from_corpus(_batch_encode(tok, texts)), splits.source
 

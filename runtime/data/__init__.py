@@ -1,6 +1,7 @@
 """E2E NLG data: reading, converting, tokenising, partitioning, synthetic default.
 
-- ``tokenizer``: the GPT-2 BPE tokenizer, offline (``load_gpt2_tokenizer``, ``EOS_ID``).
+- ``tokenizer``: the GPT-2 BPE tokenizer, offline (``load_bpe`` for the runtime,
+  ``load_gpt2_tokenizer`` as transformers' fast tokenizer, ``EOS_ID``).
 - ``ref_tokenize``: the two word-tokenisation styles of the lora-e2e text files.
 - ``e2e``: CSV / text-format reading, the CSV -> ``context||completion`` converter, grouping by MR.
 - ``dataset``: encoding, batches (``input_ids``/``targets``/``loss_mask``), the seeded loader.

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from runtime.data.tokenizer import EOS_ID, load_gpt2_tokenizer
+from runtime.data.tokenizer import EOS_ID, load_bpe
 
 PAD_ID = 0
 
@@ -48,7 +48,7 @@ class EncodedExample:
 def encode_example(context: str, completion: str, tokenizer=None, max_len: int | None = None) -> EncodedExample:
     """Encode one example. ``max_len`` caps the number of input positions: longer
     examples keep their first ``max_len + 1`` ids (``truncated=True``)."""
-    tok = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
+    tok = tokenizer if tokenizer is not None else load_bpe()
     ctx = tok.encode(context, add_special_tokens=False)
     comp = tok.encode(" " + completion.rstrip(" "), add_special_tokens=False)
     return _assemble(ctx, comp, max_len)
@@ -72,7 +72,7 @@ def encode_items(items: Sequence, tokenizer=None, max_len: int | None = None, vo
     :class:`runtime.data.vocab.VocabMap` for a compact-vocabulary model; the ids are then
     model ids (the separator and final id are the map's id of 50256).
     """
-    tok = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
+    tok = tokenizer if tokenizer is not None else load_bpe()
     if not items:
         return []
     unique = list(dict.fromkeys(it.context for it in items))
