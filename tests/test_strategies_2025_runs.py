@@ -5,7 +5,8 @@ aggregation every 2 (3 rounds), checkpoints every 3 steps, server order round_ro
 of each strategy is resumed from its step-3 checkpoint (mid-round: fedex's changed base,
 rolora's A-round, frlora's changed base and principal factors, fedsa's own B per client)
 and must end bitwise equal. Each run's model/ must give the validation loss the run reported
-for its in-memory model. The runs go two at a time.
+for its in-memory model. The runs go two at a time. By default the four resumed runs (one per
+strategy, both methods among them); the other four with the heavy cases (-m "heavy or not heavy").
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ CHANGE_BASE = ("fedex", "frlora")  # modifies_base
 FROM_PATH = [("fedex", "splitlora"), ("frlora", "fedlora")]
 CASES = [(s, m) for s in STRATEGIES for m in ("fedlora", "splitlora")]
 RESUMED = [("fedex", "splitlora"), ("rolora", "splitlora"), ("frlora", "fedlora"), ("fedsa", "fedlora")]
+HEAVY = pytest.mark.heavy  # the cases no resume test needs
+
+
+def _cases(cases: list[tuple[str, str]]) -> list:
+    return [c if c in RESUMED else pytest.param(*c, marks=HEAVY) for c in cases]
 STEPS, EVERY, R = 6, 2, 4
 ARGS = [f"--train.max_steps={STEPS}", f"--fed.aggregate_every={EVERY}", f"--lora.r={R}", "--ckpt.every=3",
         "--runtime.order=round_robin", "--lora.dropout=0"]
@@ -59,16 +65,27 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("strategy_2025_runs")
 
 
+def _selected(request: pytest.FixtureRequest) -> list[tuple[str, str]]:
+    """The cases the selected tests of this module use: deselected heavy ones are not run."""
+    wanted = set()
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.module.__name__ == __name__ and "method" in params:
+            wanted.add((params.get("strategy", "fedsa"), params["method"]))
+    return [c for c in CASES if c in wanted]
+
+
 @pytest.fixture(scope="module")
-def runs(out, pretrained_base) -> dict[tuple[str, str], Run]:
+def runs(request, out, pretrained_base) -> dict[tuple[str, str], Run]:
     def one(case: tuple[str, str]) -> Run:
         strategy, method = case
         base = [f"--model.path={pretrained_base}"] if case in FROM_PATH else []
         return torchrun(3, [f"--method={method}", f"--fed.strategy={strategy}", *ARGS, *base], out,
                         f"{strategy}-{method}", timeout=240)
 
+    cases = _selected(request)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(CASES, pool.map(one, CASES)))
+        return dict(zip(cases, pool.map(one, cases)))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +112,7 @@ def _bytes_per_round(strategy: str, cfg: Config, model: torch.nn.Module) -> tupl
     return 4 * up, 4 * down
 
 
-@pytest.mark.parametrize("strategy, method", CASES)
+@pytest.mark.parametrize("strategy, method", _cases(CASES))
 def test_run_trains_accounts_and_exports_the_trained_model(runs, strategy, method):
     run = runs[(strategy, method)]
     assert run.rc == 0, run.stderr[-3000:]
@@ -139,7 +156,7 @@ def test_resume_from_a_mid_round_checkpoint_is_bitwise(runs, resumed, strategy, 
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-@pytest.mark.parametrize("method", ["fedlora", "splitlora"])
+@pytest.mark.parametrize("method", ["fedlora", pytest.param("splitlora", marks=HEAVY)])
 def test_fedsa_reports_client_1s_b_with_the_shared_a(runs, method):
     run = runs[("fedsa", method)]
     exported = load_file(str(run.run_dir / "model/lora.safetensors"))
