@@ -40,10 +40,7 @@ FROM_PATH = [("fedex", "splitlora"), ("frlora", "fedlora")]
 CASES = [(s, m) for s in STRATEGIES for m in ("fedlora", "splitlora")]
 RESUMED = [("fedex", "splitlora"), ("rolora", "splitlora"), ("frlora", "fedlora"), ("fedsa", "fedlora")]
 HEAVY = pytest.mark.heavy  # the cases no resume test needs
-
-
-def _cases(cases: list[tuple[str, str]]) -> list:
-    return [c if c in RESUMED else pytest.param(*c, marks=HEAVY) for c in cases]
+CASE_PARAMS = [c if c in RESUMED else pytest.param(*c, marks=HEAVY) for c in CASES]
 STEPS, EVERY, R = 6, 2, 4
 ARGS = [f"--train.max_steps={STEPS}", f"--fed.aggregate_every={EVERY}", f"--lora.r={R}", "--ckpt.every=3",
         "--runtime.order=round_robin", "--lora.dropout=0"]
@@ -70,8 +67,8 @@ def _selected(request: pytest.FixtureRequest) -> list[tuple[str, str]]:
     wanted = set()
     for item in request.session.items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if item.module.__name__ == __name__ and "method" in params:
-            wanted.add((params.get("strategy", "fedsa"), params["method"]))
+        if getattr(item, "module", None) is not None and item.module.__name__ == __name__ and "method" in params:
+            wanted.add((params.get("strategy", "fedsa"), params["method"]))  # no strategy: the fedsa test
     return [c for c in CASES if c in wanted]
 
 
@@ -112,7 +109,7 @@ def _bytes_per_round(strategy: str, cfg: Config, model: torch.nn.Module) -> tupl
     return 4 * up, 4 * down
 
 
-@pytest.mark.parametrize("strategy, method", _cases(CASES))
+@pytest.mark.parametrize("strategy, method", CASE_PARAMS)
 def test_run_trains_accounts_and_exports_the_trained_model(runs, strategy, method):
     run = runs[(strategy, method)]
     assert run.rc == 0, run.stderr[-3000:]

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where a tokenizer is built: ranks that never tokenize (the server) skip ~1 s
+if TYPE_CHECKING:  # imported by load_gpt2_tokenizer only: the runtime's ranks never import transformers
     from transformers import PreTrainedTokenizerFast
 
 EOS_ID = 50256
@@ -75,9 +75,8 @@ class GPT2BPE:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def decode(self, ids: list[int], clean_up_tokenization_spaces: bool = False) -> str:
-        if clean_up_tokenization_spaces:
-            raise ValueError("GPT2BPE decodes without clean-up only (GPT-2's texts keep their spaces)")
+    def decode(self, ids: list[int]) -> str:
+        """Without any clean-up of spaces (GPT-2's texts keep theirs)."""
         return self.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def __len__(self) -> int:
@@ -111,14 +110,14 @@ def _hf_cached(model_dir: str | None) -> PreTrainedTokenizerFast:
 def _backend(model_dir: str | None):
     """The ``tokenizers.Tokenizer`` of ``model_dir`` (None: the bundled files), with
     ``<|endoftext|>`` a special token (one id, never split), as the fast tokenizer has it."""
-    from tokenizers import AddedToken, Tokenizer
+    from tokenizers import Tokenizer
 
     if model_dir is None:
         vocab_path, merges_path = bundled_bpe_files()
     else:
         root = Path(model_dir)
         if (root / "tokenizer.json").is_file():
-            return _with_eos(Tokenizer.from_file(str(root / "tokenizer.json")), AddedToken)
+            return _with_eos(Tokenizer.from_file(str(root / "tokenizer.json")))
         vocab_path, merges_path = root / "vocab.json", root / "merges.txt"
         if not vocab_path.is_file() or not merges_path.is_file():
             # Weights only (or a compact-vocabulary model, whose vocab_map.json refers to GPT-2's
@@ -127,11 +126,13 @@ def _backend(model_dir: str | None):
                 print(f"splitlora: note: {root} holds no tokenizer files; using the bundled GPT-2 BPE",
                       file=sys.stderr, flush=True)
             vocab_path, merges_path = bundled_bpe_files()
-    return _with_eos(_build_bpe(vocab_path, merges_path), AddedToken)
+    return _with_eos(_build_bpe(vocab_path, merges_path))
 
 
-def _with_eos(tok, added_token):
-    tok.add_special_tokens([added_token(EOS_TOKEN, special=True)])
+def _with_eos(tok):
+    from tokenizers import AddedToken
+
+    tok.add_special_tokens([AddedToken(EOS_TOKEN, special=True)])
     if tok.token_to_id(EOS_TOKEN) != EOS_ID:
         raise ValueError(f"tokenizer maps {EOS_TOKEN} to {tok.token_to_id(EOS_TOKEN)}, expected {EOS_ID}")
     return tok
