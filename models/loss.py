@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["lm_loss", "model_loss", "model_loss_groups"]
+__all__ = ["lm_loss", "model_loss", "model_loss_groups", "classifier_losses"]
 
 
 def lm_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -57,8 +57,24 @@ def model_loss(model: nn.Module, x: Tensor, targets: Tensor, loss_mask: Tensor, 
     which gives the same loss as :func:`lm_loss` on full logits at about half the cost
     of the LM head. x: token ids (B, T) or hidden states (B, T, C).
     """
+    if getattr(model, "is_classifier", False):
+        return classifier_losses(model, x, targets, loss_mask, label_smoothing, **forward_kwargs).mean()
     weighted, weights, _ = _weighted_token_losses(model, x, targets, loss_mask, label_smoothing, **forward_kwargs)
     return weighted.sum() / weights.sum().clamp_min(1.0)
+
+
+def classifier_losses(model: nn.Module, x: Tensor, labels: Tensor, real: Tensor, label_smoothing: float = 0.0,
+                      **forward_kwargs: object) -> Tensor:
+    """Per-example label-smoothed cross-entropy (B,) of a classifier part (``models/encoder.py``).
+
+    x: token ids (B, T) or hidden states (B, T, C); labels (B,) long; real (B, T), non-zero on
+    real tokens: the attention and pooling mask (a batch's ``loss_mask`` in this task).
+    """
+    if labels.dim() != 1 or real.shape != x.shape[:2] or labels.shape[0] != x.shape[0]:
+        raise ValueError(f"expected labels (B,) and a mask (B, T) for inputs {tuple(x.shape)}; got "
+                         f"{tuple(labels.shape)}, {tuple(real.shape)}")
+    logits = model(x, attn_mask=real > 0, **forward_kwargs)  # (B, num_labels)
+    return F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=label_smoothing)
 
 
 def model_loss_groups(model: nn.Module, xs: list[Tensor], targets: list[Tensor], loss_masks: list[Tensor],
@@ -78,6 +94,13 @@ def model_loss_groups(model: nn.Module, xs: list[Tensor], targets: list[Tensor],
     T = max(x.shape[1] for x in xs)
     pad = [T - x.shape[1] for x in xs]
     x = torch.cat([F.pad(x, (0, 0, 0, p) if x.dim() == 3 else (0, p)) for x, p in zip(xs, pad)])
+    if getattr(model, "is_classifier", False):
+        # Padded positions are masked out of attention and pooling; each example counts once.
+        real = torch.cat([F.pad(m, (0, p)) for m, p in zip(loss_masks, pad)])  # (sum B_k, T)
+        losses = classifier_losses(model, x, torch.cat(targets), real, label_smoothing, **forward_kwargs)
+        parts = losses.split([t.shape[0] for t in targets])
+        return torch.stack([p.sum() for p in parts]), torch.tensor([float(p.numel()) for p in parts],
+                                                                   device=losses.device)
     tgt = torch.cat([F.pad(t, (0, p)) for t, p in zip(targets, pad)])  # padded targets are never selected
     mask = torch.cat([F.pad(m, (0, p)) for m, p in zip(loss_masks, pad)])  # (sum B_k, T)
     weighted, weights, select = _weighted_token_losses(model, x, tgt, mask, label_smoothing, **forward_kwargs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .encoder import EncoderClassifier
 from .gpt2 import GPT2
 
 __all__ = ["ROLES", "finish_part", "part_pieces", "build_keep", "piece_of"]
@@ -33,13 +34,23 @@ ROLES = ("whole", "client", "server")
 def piece_of(key: str) -> str:
     """The piece a state-dict key belongs to: ``transformer.h.3.attn.c_attn.weight`` -> ``transformer.h.3``."""
     parts = key.split(".")
-    if parts[0] == "lm_head":
-        return "lm_head"
+    if parts[0] in ("lm_head", "head"):
+        return parts[0]
     return ".".join(parts[:3]) if parts[1] == "h" else ".".join(parts[:2])
 
 
-def part_pieces(n_layer: int, role: str, shape: str = "vanilla", cut: int = 0, head_cut: int | None = None) -> set[str]:
-    """The pieces ``role`` holds in a split of ``shape`` (vanilla | u) at ``cut`` (and ``head_cut`` for u)."""
+# Per architecture: the input end's pieces and the output end's pieces (GPT-2: final norm + LM
+# head; the encoder classifier of models/encoder.py: its classification head).
+ENDS: dict[str, tuple[set[str], set[str]]] = {
+    "gpt2": ({"transformer.wte", "transformer.wpe"}, {"transformer.ln_f", "lm_head"}),
+    "encoder": ({"transformer.emb"}, {"head"}),
+}
+
+
+def part_pieces(n_layer: int, role: str, shape: str = "vanilla", cut: int = 0, head_cut: int | None = None,
+                arch: str = "gpt2") -> set[str]:
+    """The pieces ``role`` holds in a split of ``shape`` (vanilla | u) at ``cut`` (and ``head_cut`` for u),
+    for ``arch`` (gpt2 | encoder)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if shape not in ("vanilla", "u"):
@@ -49,8 +60,9 @@ def part_pieces(n_layer: int, role: str, shape: str = "vanilla", cut: int = 0, h
     def blocks(indices: range) -> set[str]:
         return {f"transformer.h.{i}" for i in indices}
 
-    ends = {"transformer.ln_f", "lm_head"}
-    embeddings = {"transformer.wte", "transformer.wpe"}
+    if arch not in ENDS:
+        raise ValueError(f"arch must be one of {sorted(ENDS)}, got {arch!r}")
+    embeddings, ends = ENDS[arch]
     if role == "whole":
         return embeddings | blocks(range(n_layer)) | ends
     if shape == "vanilla":
@@ -65,8 +77,10 @@ def build_keep(pieces: set[str]) -> set[str]:
     return pieces | {"transformer.wte"} if "lm_head" in pieces else pieces
 
 
-def finish_part(model: GPT2, pieces: set[str]) -> GPT2:
+def finish_part(model: GPT2 | EncoderClassifier, pieces: set[str]) -> GPT2 | EncoderClassifier:
     """Delete from ``model`` (built with ``keep=build_keep(pieces)``) what the part does not hold."""
+    if isinstance(model, EncoderClassifier):
+        return _finish_encoder(model, pieces)
     tr = model.transformer
     if "lm_head" in pieces and "transformer.wte" not in pieces:
         # The vanilla server: its head keeps the embedding's values, frozen and untied.
@@ -81,6 +95,21 @@ def finish_part(model: GPT2, pieces: set[str]) -> GPT2:
             del tr["h"][name]
     if "lm_head" not in pieces:
         model.lm_head = None
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"part still holds meta tensors (not built): {left[:5]}")
+    return model
+
+
+def _finish_encoder(model: EncoderClassifier, pieces: set[str]) -> EncoderClassifier:
+    tr = model.transformer
+    if "transformer.emb" not in pieces:
+        del tr["emb"]
+    for name in list(tr["h"].keys()):
+        if f"transformer.h.{name}" not in pieces:
+            del tr["h"][name]
+    if "head" not in pieces:
+        model.head = None
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
         raise RuntimeError(f"part still holds meta tensors (not built): {left[:5]}")

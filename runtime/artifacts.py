@@ -147,6 +147,8 @@ def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config, with_base: bo
     from runtime.hf_export import save_hf_base, save_hf_model
 
     out = run_dir / "model"
+    if getattr(model, "is_classifier", False):
+        return save_encoder_model(out, model, cfg)
     if cfg.train.finetune == "full":
         return save_hf_model(out, model, run_vocab(cfg))
     meta = {"method": cfg.method, "model": cfg.model.name}
@@ -169,3 +171,32 @@ def load_model_tensors(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[s
     base_path = model_dir / "base.safetensors"
     base = load_file(str(base_path)) if base_path.is_file() else None
     return lora, base
+
+
+def save_encoder_model(out: Path, model: torch.nn.Module, cfg: Config) -> Path:
+    """A trained encoder classifier: our ``lora.safetensors``, the head (``head.safetensors``: the
+    random frozen head is part of the model), and the adapter in peft's layout for transformers'
+    ``BertModel`` / ``RobertaModel`` at ``--model.path`` (query, key and value are separate Linear
+    layers there, so each of our slice adapters is one peft adapter as it is)."""
+    from models.encoder_checkpoint import hf_key_map
+
+    meta = {"method": cfg.method, "model": cfg.model.path or ""}
+    save_tensors(out / "lora.safetensors", lora_state_dict(model), meta)
+    save_tensors(out / "head.safetensors", {f"head.{k}": v for k, v in model.head.state_dict().items()}, meta)
+    names = hf_key_map(model.config.n_layer, model.config.model_type)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, adapter in iter_lora_adapters(model):
+        linear, _, key = name.rpartition(".adapters.")
+        prefix = "base_model.model." + names[linear + ("." + key if key in ("q", "k", "v") else "")]
+        tensors[f"{prefix}.lora_A.weight"] = (adapter.lora_A.detach().cpu() * adapter.rank_mask.cpu()[:, None])
+        tensors[f"{prefix}.lora_B.weight"] = adapter.lora_B.detach().cpu()
+    leaves = sorted({k.split("base_model.model.encoder.layer.")[1].split(".", 1)[1].rsplit(".lora_", 1)[0]
+                     for k in tensors})
+    config = {"peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha,
+              "lora_dropout": cfg.lora.dropout, "bias": "none", "base_model_name_or_path": cfg.model.path,
+              # full paths below the layer: "output.dense" alone would also match "attention.output.dense"
+              "target_modules": r"(.*\.)?encoder\.layer\.\d+\.(" + "|".join(leaf.replace(".", r"\.")
+                                                                          for leaf in leaves) + ")"}
+    save_tensors(out / "adapter_model.safetensors", tensors)
+    write_json(out / "adapter_config.json", config)
+    return out

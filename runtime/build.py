@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -11,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.encoder import ENCODER_TYPES, EncoderClassifier, EncoderConfig, encoder_config_from_hf
 from models.gpt2 import GPT2, GPT2Config, build_config
 from models.lora import LoRAConfig, apply_lora, load_lora_state_dict, lora_state_dict
-from runtime.config import Config
+from runtime.config import Config, ConfigError
 from runtime.data.vocab import VocabMap, load_vocab_map
 
 
@@ -23,18 +25,52 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_config(cfg: Config) -> GPT2Config:
-    """The GPT-2 shape this run uses (from the preset, or from model.path's config.json)."""
+SUPPORTED_TYPES = ("gpt2", *ENCODER_TYPES)  # transformers' model_type values a model.path may have
+
+
+def _hf_config(cfg: Config) -> dict | None:
+    """model.path's transformers config.json, or None without a path."""
+    if not cfg.model.path:
+        return None
+    cfg_file = Path(cfg.model.path) / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"model.path {cfg.model.path!r} has no config.json (expected a Hugging Face "
+                                f"model directory saved with save_pretrained; supported: {', '.join(SUPPORTED_TYPES)})")
+    hf = json.loads(cfg_file.read_text())
+    model_type = hf.get("model_type", "gpt2" if "n_embd" in hf else None)
+    if model_type not in SUPPORTED_TYPES:
+        raise ConfigError(f"model.path {cfg.model.path!r} is a {model_type!r} model; supported architectures: "
+                          f"{', '.join(SUPPORTED_TYPES)} (GPT-2 for generation; BERT and RoBERTa encoders for "
+                          f"classification, data.task=classify)")
+    return {**hf, "model_type": model_type}
+
+
+def model_arch(cfg: Config) -> str:
+    """``gpt2`` or ``encoder`` (a BERT-family classifier, models/encoder.py)."""
+    hf = _hf_config(cfg)
+    return "encoder" if hf is not None and hf["model_type"] in ENCODER_TYPES else "gpt2"
+
+
+def check_model_fits_task(cfg: Config) -> None:
+    """An encoder classifies (data.task=classify); GPT-2 generates: a clear error otherwise."""
+    arch = model_arch(cfg)
+    if cfg.data.task == "classify" and arch != "encoder":
+        raise ConfigError("data.task=classify needs a BERT or RoBERTa encoder: --model.path DIR (a transformers "
+                          "directory with config.json, the weights and tokenizer.json)")
+    if cfg.data.task != "classify" and arch == "encoder":
+        raise ConfigError(f"model.path {cfg.model.path!r} is an encoder: it classifies (--data.task=classify); "
+                          f"data.task={cfg.data.task} needs GPT-2")
+
+
+def model_config(cfg: Config) -> GPT2Config | EncoderConfig:
+    """The model shape this run uses (from the preset, or from model.path's config.json)."""
     drop = cfg.model.dropout
     overrides = dict(embd_pdrop=drop, attn_pdrop=drop, resid_pdrop=drop)
-    if cfg.model.path:
-        import json
-
-        cfg_file = Path(cfg.model.path) / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"model.path {cfg.model.path!r} has no config.json (expected a Hugging Face "
-                                    "GPT-2 directory saved with save_pretrained)")
-        hf = json.loads(cfg_file.read_text())
+    hf = _hf_config(cfg)
+    if hf is not None and hf["model_type"] in ENCODER_TYPES:
+        return encoder_config_from_hf(hf, hidden_pdrop=drop, attn_pdrop=drop, num_labels=run_num_labels(cfg),
+                                      pooling=cfg.model.pooling)
+    if hf is not None:
         return GPT2Config(vocab_size=hf["vocab_size"], n_positions=hf["n_positions"], n_embd=hf["n_embd"],
                           n_layer=hf["n_layer"], n_head=hf["n_head"],
                           layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **overrides)
@@ -50,6 +86,15 @@ def run_vocab(cfg: Config) -> VocabMap | None:
     if vocab is None and cfg.model.vocab_map:
         vocab = VocabMap.load(cfg.model.vocab_map)
     return vocab
+
+
+def run_num_labels(cfg: Config) -> int:
+    """model.num_labels, else the number of labels in the classification data's training split."""
+    if cfg.model.num_labels:
+        return cfg.model.num_labels
+    from runtime.data.classify import load_classification
+
+    return len(load_classification(cfg.data.dir, cfg.data.source, seed=cfg.train.seed).labels)
 
 
 def build_full_model(cfg: Config) -> GPT2:
@@ -68,12 +113,19 @@ def build_part(cfg: Config, role: str, cut: int | None = None) -> GPT2:
     """
     from models.parts import build_keep, finish_part, part_pieces
 
-    n_layer = model_config(cfg).n_layer
+    mc = model_config(cfg)
+    n_layer, arch = mc.n_layer, model_arch(cfg)
     cut = cfg.split.cut if cut is None else cut
-    pieces = part_pieces(n_layer, role, cfg.split.shape, cut, head_cut(cfg, n_layer))
+    pieces = part_pieces(n_layer, role, cfg.split.shape, cut, head_cut(cfg, n_layer), arch=arch)
     keep = build_keep(pieces)
     seed_everything(cfg.train.seed)
-    if cfg.model.path:
+    if arch == "encoder":
+        # The head: random from the run seed (its own generator: equal on every party), frozen by
+        # apply_lora like every non-LoRA weight (LoRA-A2, FFA-LoRA).
+        model = EncoderClassifier.from_pretrained(cfg.model.path, num_labels=mc.num_labels, head_seed=cfg.train.seed,
+                                                  keep=keep, hidden_pdrop=mc.hidden_pdrop, attn_pdrop=mc.attn_pdrop,
+                                                  pooling=mc.pooling)
+    elif cfg.model.path:
         drop = cfg.model.dropout
         model = GPT2.from_pretrained(cfg.model.path, keep=keep.__contains__, embd_pdrop=drop, attn_pdrop=drop,
                                      resid_pdrop=drop)

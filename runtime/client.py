@@ -33,7 +33,7 @@ from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
 from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.inputs import ClientData, RunPlan
-from runtime.roles import LOG_FLUSH, eval_loss, evaluate_at_end, maybe_inject_fault
+from runtime.roles import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
 from runtime.telemetry import now, peak_memory
@@ -168,6 +168,8 @@ class ClientRun:
             buffer.append(rec)
             if step % every == 0 or step == plan.local_steps:
                 buffer.append(self._aggregate(step))
+            if test_due(self.cfg, step) and self.world.rank == self.live[0]:
+                buffer.append(test_record(self.module, self.data, self.world.device, step, self.rounds))
             if len(buffer) >= LOG_FLUSH:
                 pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
                 buffer = []
@@ -222,10 +224,9 @@ class ClientRun:
             # The first client assembles the whole trained model (aggregated client part +
             # server part); the server only ever hands out its own adapters.
             whole = assemble_whole_model(cfg, self.module, self.cut).to(world.device)
-            val = eval_loss(whole, self.data.eval_batches(), world.device)
             if cfg.out.save_model:
                 save_model(self.run_dir, whole, cfg, with_base=self.strategy.modifies_base)
-            eval_scores = evaluate_at_end(cfg, whole, self.run_dir, world.device)
+            val, eval_scores = final_eval(cfg, whole, self.data.eval_batches(), self.run_dir, world.device)
         return {"host": socket.gethostname(), "samples": self.data.n_samples,
                 "weight": self.weights[world.client_index], "steps": self.plan.local_steps, "wall_s": wall,
                 "rank_budget": self.ctx.rank_budget, "strategy": self.strategy.name,

@@ -38,9 +38,15 @@ class ModelConfig:
     vocab_map: str | None = None  # vocab_map.json for a random-init model (a model.path's own map wins)
     # The LoRA recipe's GPT-2 has no dropout in the base model; only LoRA dropout.
     dropout: float = 0.0
+    # Encoders (a BERT/RoBERTa model.path, data.task=classify): labels of the head (0 = the training
+    # split's label count) and the pooling under it: mean over real tokens, or the first token.
+    num_labels: int = 0
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.num_labels >= 0, f"model.num_labels must be >= 0 (0 = from the data), got {self.num_labels}")
+        _check(self.pooling in ("mean", "cls"), f"model.pooling must be mean|cls, got {self.pooling!r}")
         _check(self.base in ("pretrained", "random"), f"model.base must be pretrained|random, got {self.base!r}")
 
     def wants_cached_base(self) -> bool:
@@ -80,10 +86,13 @@ class LoRASection:
 
 @dataclass
 class DataConfig:
-    dir: str | None = None  # E2E data root; else $SPLITLORA_DATA, then the user cache
-    source: str = "auto"  # auto (E2E if found, else synthetic), e2e, synthetic
+    # E2E data root (else $SPLITLORA_DATA, then the user cache); classify: a directory with train.csv and
+    # test.csv (text + label columns, e.g. BANKING77), else $SPLITLORA_CLS_DATA
+    dir: str | None = None
+    source: str = "auto"  # auto (the real data if found, else synthetic), e2e, csv (classify), synthetic
     # finetune: MR -> reference pairs; pretrain: documents made from the training references
-    # alone (plain, copied, and rebuilt from shuffled keyword spans; see runtime/data/pretrain_docs.py)
+    # alone (plain, copied, and rebuilt from shuffled keyword spans; see runtime/data/pretrain_docs.py);
+    # classify: text classification with an encoder model.path (runtime/data/classify.py)
     task: str = "finetune"
     seq_len: int = 512  # examples longer than this are truncated
     pad_to_seq_len: bool = False  # True: pad every batch to seq_len (like-for-like with the reference)
@@ -92,9 +101,13 @@ class DataConfig:
     max_eval_examples: int = 256  # validation examples for the loss at the end (0 = none)
 
     def __post_init__(self) -> None:
-        _check(self.source in ("auto", "e2e", "synthetic"),
-               f"data.source must be auto|e2e|synthetic, got {self.source!r}")
-        _check(self.task in ("finetune", "pretrain"), f"data.task must be finetune|pretrain, got {self.task!r}")
+        _check(self.source in ("auto", "e2e", "csv", "synthetic"),
+               f"data.source must be auto|e2e|csv|synthetic, got {self.source!r}")
+        _check(self.task in ("finetune", "pretrain", "classify"),
+               f"data.task must be finetune|pretrain|classify, got {self.task!r}")
+        _check((self.source == "e2e" and self.task != "classify") or (self.source == "csv" and self.task == "classify")
+               or self.source in ("auto", "synthetic"),
+               f"data.source={self.source} does not fit data.task={self.task} (e2e: finetune|pretrain; csv: classify)")
         _check(self.seq_len >= 8, f"data.seq_len must be >= 8, got {self.seq_len}")
         _check(self.max_train_examples >= 0, f"data.max_train_examples must be >= 0, got {self.max_train_examples}")
         _check(self.max_eval_examples >= 0, f"data.max_eval_examples must be >= 0, got {self.max_eval_examples}")
@@ -268,6 +281,9 @@ class EvalConfig:
     max_mrs: int = 0  # 0 = every MR of the split
     meteor: bool = True  # score METEOR too (needs Java)
     samples: int = 0  # at the end, decode (greedy) and print this many validation MRs' texts
+    # classify: test accuracy / macro-F1 every this many local steps (after that step's aggregation),
+    # recorded as "test" in metrics.jsonl; 0 = at the end only (always scored for a classifier)
+    every: int = 0
 
     def __post_init__(self) -> None:
         _check(self.split in ("train", "valid", "test"), f"eval.split must be train|valid|test, got {self.split!r}")
@@ -278,6 +294,7 @@ class EvalConfig:
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_mrs >= 0, f"eval.max_mrs must be >= 0, got {self.max_mrs}")
         _check(self.samples >= 0, f"eval.samples must be >= 0, got {self.samples}")
+        _check(self.every >= 0, f"eval.every must be >= 0, got {self.every}")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size must be >= 0")
         _check(self.repeat_scope in ("generated", "sequence"),
                f"eval.repeat_scope must be generated|sequence, got {self.repeat_scope!r}")
@@ -379,6 +396,24 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
             _check(cfg.fed.strategy == "fedavg",
                    "split.client_cuts (per-client cuts) is implemented for fed.strategy=fedavg only")
     _check_lora_layers(cfg, world_size, n_layer)
+    _check_classify(cfg)
+
+
+def _check_classify(cfg: Config) -> None:
+    """What a classification run refuses before it starts (the model's architecture is checked in
+    runtime.build.check_model_fits_task)."""
+    if cfg.data.task != "classify":
+        _check(cfg.eval.every == 0, "eval.every (test scores during training) applies to data.task=classify")
+        return
+    _check(not cfg.eval.at_end and not cfg.eval.samples,
+           "eval.at_end / eval.samples decode E2E texts; a classifier is scored on the test split at the end anyway")
+    _check(cfg.train.finetune == "lora", "data.task=classify fine-tunes LoRA adapters (train.finetune=lora)")
+    if cfg.eval.every:
+        _check(cfg.method != "splitlora", "eval.every needs the whole model on one rank: cenlora or fedlora "
+                                          "(a SplitLoRA client holds only its part)")
+        _check(cfg.method == "cenlora" or cfg.eval.every % cfg.fed.aggregate_every == 0,
+               f"eval.every ({cfg.eval.every}) must be a multiple of fed.aggregate_every "
+               f"({cfg.fed.aggregate_every}): the test scores are of the aggregated model")
 
 
 def _check_lora_layers(cfg: Config, world_size: int, n_layer: int) -> None:

@@ -20,6 +20,13 @@ import torch
 
 from runtime.build import run_vocab
 from runtime.config import Config
+from runtime.data.classify import (
+    class_counts,
+    collate_texts,
+    encode_texts,
+    load_classification,
+    load_text_tokenizer,
+)
 from runtime.data.dataset import EncodedExample, collate, encode_items
 from runtime.data.locate import load_splits
 from runtime.data.partition import describe_partition, parse_scheme, partition
@@ -62,7 +69,11 @@ class ClientData:
     def n_samples(self) -> int:
         return len(self.examples)
 
-    def _collate(self, items: list[EncodedExample]) -> dict[str, torch.Tensor]:
+    pad_id: int | None = None  # classify: the tokenizer's padding id (batches of runtime/data/classify.py)
+
+    def _collate(self, items: list) -> dict[str, torch.Tensor]:
+        if self.pad_id is not None:
+            return collate_texts(items, self.pad_id)
         # Default: trim each batch to its longest example (same losses as fixed padding:
         # padding sits after the completion, attention is causal, the loss is masked).
         d = self.cfg.data
@@ -98,6 +109,8 @@ class ClientData:
 
 def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientData:
     """Load the training split, partition it for ``n_clients`` and keep shard ``client_index``."""
+    if cfg.data.task == "classify":
+        return load_client_texts(cfg, client_index, n_clients)
     splits = load_splits(cfg.data.dir, cfg.data.source, synthetic_seed=cfg.train.seed)
     train, valid = splits.train, splits.valid
     if cfg.data.task == "pretrain":  # documents from the references alone (train for training, dev for the loss)
@@ -116,3 +129,25 @@ def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientDa
     return ClientData(encode_items(mine, tok, max_len, vocab), encode_items(valid, tok, max_len, vocab), cfg,
                       client_index,
                       splits.source, [len(s) for s in shards], {"all_clients": info, "note": splits.note})
+
+
+def load_client_texts(cfg: Config, client_index: int, n_clients: int) -> ClientData:
+    """Classification: the labelled training split partitioned over the clients (label skew with
+    ``dirichlet:<alpha>`` / ``pathological``); evaluation on the test split (every example)."""
+    from runtime.build import model_config, run_num_labels
+
+    splits = load_classification(cfg.data.dir, cfg.data.source, seed=cfg.train.seed)
+    if run_num_labels(cfg) != len(splits.labels):
+        raise ValueError(f"model.num_labels={cfg.model.num_labels} but the training split has {len(splits.labels)} "
+                         f"labels ({splits.note})")
+    train = splits.train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else splits.train
+    shards = partition(train, n_clients, cfg.data.partition, seed=cfg.train.seed)
+    tok = load_text_tokenizer(cfg.model.path)
+    mine = encode_texts([train[i] for i in shards[client_index]], tok, splits.labels, cfg.data.seq_len)
+    test = encode_texts(splits.test, tok, splits.labels, cfg.data.seq_len)
+    info = describe_partition(shards, train)
+    mine_counts = class_counts(mine, splits.labels)
+    pad_id = model_config(cfg).pad_token_id  # the id the encoder reads as padding
+    return ClientData(mine, test, cfg, client_index, splits.source, [len(s) for s in shards],
+                      {"all_clients": info, "note": splits.note, "labels": len(splits.labels),
+                       "class_counts": {k: v for k, v in mine_counts.items() if v}}, pad_id=pad_id)

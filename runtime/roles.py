@@ -69,6 +69,20 @@ def eval_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], de
     return total / max(count, 1.0)
 
 
+def final_eval(cfg: Config, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], run_dir: Path,
+               device: torch.device) -> tuple[float | None, dict | None]:
+    """The trained whole model's validation loss and scores: a classifier's test loss, accuracy and
+    macro-F1 (always); a language model's masked NLL and, with ``--eval.at_end``, its E2E scores."""
+    if getattr(model, "is_classifier", False):
+        from runtime.classify_eval import classify_scores, write_scores
+
+        scores = classify_scores(model, batches, device)
+        if scores is not None:
+            write_scores(run_dir, scores, cfg.out.tensorboard)
+        return (scores or {}).get("loss"), scores
+    return eval_loss(model, batches, device), evaluate_at_end(cfg, model, run_dir, device)
+
+
 def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: torch.device) -> dict | None:
     """``--eval.at_end``: decode and score the trained model into the run directory;
     ``--eval.samples N``: print N greedy texts of validation MRs."""
@@ -103,6 +117,21 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: 
         mirror.add({"kind": "scores", "scores": record["scores"]})
         mirror.close()
     return record["scores"]
+
+
+def test_due(cfg: Config, step: int) -> bool:
+    """A classifier's test scores are recorded every ``eval.every`` steps (after that step's aggregation)."""
+    return cfg.data.task == "classify" and cfg.eval.every > 0 and step % cfg.eval.every == 0
+
+
+def test_record(model: torch.nn.Module, data: Any, device: torch.device, step: int, rounds: int = 0) -> dict[str, Any]:
+    """The ``test`` metrics record of a whole classifier at ``step`` (accuracy per round for the plots)."""
+    from runtime.classify_eval import classify_scores
+
+    t0 = now()
+    scores = classify_scores(model, data.eval_batches(), device) or {}
+    return {"kind": "test", "client": data.client_index + 1, "step": step, "round": rounds, "t": time.time(),
+            "eval_s": now() - t0, **scores}
 
 
 def _phase_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -145,18 +174,19 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
         rec["tokens_per_s"] = tokens / rec["step_time"]
         records.append(rec)
         coord.log([rec])
+        if test_due(cfg, step + 1):
+            coord.log([test_record(model, data, device, step + 1)])
         if plan.checkpoint_due(cfg, step + 1):
             save_rank(run_dir, step + 1, "cenlora", {"lora": trained_state(model, cfg), "optimizer": opt.state_dict(),
                                                      "scheduler": stepper.sched.state_dict()})
             mark_latest(run_dir, step + 1)
     wall = now() - t_start
     coord.close()
-    val = eval_loss(model, data.eval_batches(), device)
-    writer.write({"kind": "eval", "val_loss": val})
-    writer.close()
     if cfg.out.save_model:
         save_model(run_dir, model, cfg)
-    scores = evaluate_at_end(cfg, model, run_dir, device)
+    val, scores = final_eval(cfg, model, data.eval_batches(), run_dir, device)
+    writer.write({"kind": "eval", "val_loss": val})
+    writer.close()
     summary = _summary(cfg, plan, records, wall, val, {"0": data.describe()})
     summary["eval"] = scores
     summary["memory"] = peak_memory(device, model)

@@ -114,12 +114,15 @@ class SplitServer:
 
         return self._forward(client, h, run)
 
-    def forward_hidden(self, client: int, h: torch.Tensor) -> torch.futures.Future:
+    def forward_hidden(self, client: int, h: torch.Tensor, real: torch.Tensor | None = None) -> torch.futures.Future:
         """U shape: the middle blocks only; a future of their hidden states (B, T, C) in the
-        cut's dtype. No token ids or labels reach the server in this shape."""
+        cut's dtype. No token ids or labels reach the server in this shape. ``real``: an
+        encoder's padding mask (B, T) float, 1 on real tokens (its attention is not causal)."""
         if self.batching is not None:
             raise RuntimeError("batched serving supports split.shape=vanilla only")
-        return self._forward(client, h, lambda x: self.part(x, first_block=self.cuts.get(client, 0)).to(h.dtype))
+        extra = {} if real is None else {"attn_mask": real.to(self.device) > 0}
+        return self._forward(client, h,
+                             lambda x: self.part(x, first_block=self.cuts.get(client, 0), **extra).to(h.dtype))
 
     def _forward(self, client: int, h: torch.Tensor, run: Any) -> torch.futures.Future:
         return self.admission.submit(client, lambda wait: self._forward_admitted(client, h, run, wait))
@@ -212,9 +215,9 @@ def server_forward(client: int, h: torch.Tensor, targets: torch.Tensor,
 
 
 @rpc.functions.async_execution
-def server_forward_hidden(client: int, h: torch.Tensor) -> torch.futures.Future:
-    _record("server_forward_hidden", h)
-    return _get().forward_hidden(client, h)
+def server_forward_hidden(client: int, h: torch.Tensor, real: torch.Tensor | None = None) -> torch.futures.Future:
+    _record("server_forward_hidden", h, *([] if real is None else [real]))
+    return _get().forward_hidden(client, h, real)
 
 
 def server_step(client: int, context_id: int, apply: bool = True) -> dict[str, float]:

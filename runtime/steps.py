@@ -146,7 +146,9 @@ class Stepper:
             send = self._to_cut(h, cut_dtype, via_host)
             sync(self.device)
             t1 = now()
-            mid = rpc.rpc_sync(SERVER, split_server.server_forward_hidden, args=(rank, send))  # (B, T, C)
+            # An encoder's middle blocks need the padding mask (B, T) float: its attention sees every position.
+            real = (batch["loss_mask"],) if getattr(self.module, "is_classifier", False) else ()
+            mid = rpc.rpc_sync(SERVER, split_server.server_forward_hidden, args=(rank, send, *real))  # (B, T, C)
             t2 = now()
             back_marks: list[float] = []
             x = stamp(mid.to(self.device, dtype=torch.float32), back_marks)  # back_marks[-1]: grad leaves for server
@@ -179,5 +181,5 @@ class Stepper:
         # dtype); down: mid + the gradient at the front's output (send's). No integer tensor.
         return {"loss": float(loss.item()), "time": times, "step_time": t6 - t0,
                 "server_opt_compute": server_times["server_opt"],
-                "bytes_up": tensor_bytes(send, mid), "bytes_down": tensor_bytes(mid, send),
+                "bytes_up": tensor_bytes(send, mid, *real), "bytes_down": tensor_bytes(mid, send),
                 "activation_bytes": tensor_bytes(send)}
