@@ -90,3 +90,13 @@ def pretrained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                     "--ckpt.every=60", "--data.max_eval_examples=64"])
     pretrain(cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def encoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random transformers BERT and RoBERTa directories with word-level tokenizers (tests/encoder_util.py)."""
+    pytest.importorskip("transformers")
+    from tests.encoder_util import build_encoder_dir
+
+    root = tmp_path_factory.mktemp("encoders")
+    return {kind: build_encoder_dir(root / kind, kind) for kind in ("bert", "roberta")}

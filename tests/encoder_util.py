@@ -52,6 +52,9 @@ def build_encoder_dir(path: Path, kind: str = "bert", *, layers: int = 3, hidden
         for name, p in model.named_parameters():  # LayerNorms at 1 and zero biases would hide loading mistakes
             p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.05)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=safetensors)
+    model.save_pretrained(str(path))
+    if not safetensors:  # an older checkpoint's pytorch_model.bin (transformers 5 writes safetensors only)
+        (path / "model.safetensors").unlink()
+        torch.save(model.state_dict(), path / "pytorch_model.bin")
     save_tokenizer(path, kind)
     return path
