@@ -148,7 +148,7 @@ def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config, with_base: bo
 
     out = run_dir / "model"
     if getattr(model, "is_classifier", False):
-        return save_encoder_model(out, model, cfg)
+        return save_encoder_model(out, model, cfg, with_base)
     if cfg.train.finetune == "full":
         return save_hf_model(out, model, run_vocab(cfg))
     meta = {"method": cfg.method, "model": cfg.model.name}
@@ -173,16 +173,21 @@ def load_model_tensors(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[s
     return lora, base
 
 
-def save_encoder_model(out: Path, model: torch.nn.Module, cfg: Config) -> Path:
+def save_encoder_model(out: Path, model: torch.nn.Module, cfg: Config, with_base: bool = False) -> Path:
     """A trained encoder classifier: our ``lora.safetensors``, the head (``head.safetensors``: the
     random frozen head is part of the model), and the adapter in peft's layout for transformers'
     ``BertModel`` / ``RobertaModel`` at ``--model.path`` (query, key and value are separate Linear
-    layers there, so each of our slice adapters is one peft adapter as it is)."""
+    layers there, so each of our slice adapters is one peft adapter as it is). ``with_base``: a
+    strategy merged updates into the base (FLoRA, FedEx-LoRA, FRLoRA): ``base.safetensors`` holds
+    the changed encoder in our names, and the peft adapter applies to it, not to ``--model.path``."""
     from models.encoder_checkpoint import hf_key_map
 
     meta = {"method": cfg.method, "model": cfg.model.path or ""}
     save_tensors(out / "lora.safetensors", lora_state_dict(model), meta)
     save_tensors(out / "head.safetensors", {f"head.{k}": v for k, v in model.head.state_dict().items()}, meta)
+    if with_base:
+        save_tensors(out / "base.safetensors", {k: v for k, v in model.state_dict().items()
+                                                if ".adapters." not in k and not k.startswith("head.")}, meta)
     names = hf_key_map(model.config.n_layer, model.config.model_type)
     tensors: dict[str, torch.Tensor] = {}
     for name, adapter in iter_lora_adapters(model):

@@ -66,7 +66,8 @@ class ClientRun:
                                  n_clients=world.n_clients, weights=self.weights, group=world.client_group,
                                  device=world.device, rank_budget=ranks[world.client_index] if ranks else cfg.lora.r,
                                  global_rank=cfg.lora.r, seed=cfg.train.seed,
-                                 cuts=self.cuts if cfg.method == "splitlora" else None)
+                                 cuts=self.cuts if cfg.method == "splitlora" else None,
+                                 lockstep=cfg.method == "splitlora" and cfg.runtime.order == "round_robin")
         self.stepper = Stepper(self.module, self.opt, build_scheduler(cfg, self.opt, plan.local_steps), world.device,
                                t.label_smoothing, t.grad_clip, before_step=lambda: self.strategy.before_step(self.ctx),
                                after_step=lambda: self.strategy.after_step(self.ctx))

@@ -44,6 +44,9 @@ class ClientContext:
     probe: Callable[[int], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     cuts: list[int] | None = None  # SplitLoRA: every client's cut (per-client cuts differ)
+    # SplitLoRA in round_robin order: the server admits clients in turn, so every client must make
+    # the same number of server calls per round (a probe that only some clients run would deadlock).
+    lockstep: bool = False
 
     @property
     def weight(self) -> float:

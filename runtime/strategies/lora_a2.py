@@ -140,6 +140,8 @@ class LoRAA2(Strategy):
         self.mask = None
         if ctx.rank_budget >= r:
             self.n_selected = n * r
+            if ctx.lockstep and ctx.probe is not None:
+                self._probe(ctx, params)  # the same server calls as the probing clients; result unused
             return
         deltas = self._probe(ctx, params)
         scores = torch.stack([rank_scores(d, o.detach(), self.factor)
