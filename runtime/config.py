@@ -39,9 +39,9 @@ class ModelConfig:
     # The LoRA recipe's GPT-2 has no dropout in the base model; only LoRA dropout.
     dropout: float = 0.0
     # Encoders (a BERT/RoBERTa model.path, data.task=classify): labels of the head (0 = the training
-    # split's label count) and the pooling under it: mean over real tokens, or the first token.
+    # split's label count)
     num_labels: int = 0
-    pooling: str = "mean"
+    pooling: str = "mean"  # encoders: the head's input, mean over real tokens (mean) or the first token (cls)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
@@ -96,9 +96,11 @@ class DataConfig:
     task: str = "finetune"
     seq_len: int = 512  # examples longer than this are truncated
     pad_to_seq_len: bool = False  # True: pad every batch to seq_len (like-for-like with the reference)
-    partition: str = "iid"  # iid, contiguous, dirichlet:<alpha>[:<attribute>]
+    # iid, contiguous, dirichlet:<alpha>[:<attribute>] (classify: over labels), pathological[:<classes>]
+    partition: str = "iid"
     max_train_examples: int = 0  # 0 = all; >0 keeps the first k (smoke runs)
-    max_eval_examples: int = 256  # validation examples for the loss at the end (0 = none)
+    # validation examples for the loss at the end (0 = none); classify: always the whole test split
+    max_eval_examples: int = 256
 
     def __post_init__(self) -> None:
         _check(self.source in ("auto", "e2e", "csv", "synthetic"),

@@ -113,3 +113,16 @@ def test_unsupported_architecture_is_one_clear_error(tmp_path, encoder_dirs):
         check_model_fits_task(gen)
     with pytest.raises(ConfigError, match="needs a BERT or RoBERTa encoder"):
         check_model_fits_task(build_config(["--data.task=classify"]))
+
+
+def test_speed_benchmark_compares_like_with_like(tmp_path, encoder_dirs):
+    """launch.bench_encoder times the same step on both sides: their first losses agree."""
+    pytest.importorskip("peft")
+    from launch.bench_encoder import main
+
+    assert main(["--model", str(encoder_dirs["bert"]), "--pairs", "2", "--warmup", "1", "--labels", "5",
+                 "--seq", "8", "--batch", "4", "--threads", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    first = report["first_loss"]
+    assert first["ours"] == pytest.approx(first["transformers_peft"], abs=1e-5)
+    assert report["ratio"]["min"] > 0 and report["pairs"] == 2

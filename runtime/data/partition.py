@@ -1,4 +1,4 @@
-"""Splitting a training set across federated clients (REFERENCE.md §6).
+"""Splitting a training set across federated clients (docs/classification.md for the label skews).
 
 Schemes (strings, as they appear in configs):
 
