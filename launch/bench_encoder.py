@@ -74,7 +74,7 @@ def _step_ours(model, opt, ids, mask, y) -> float:
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.detach().item()
 
 
 def _step_theirs(model, opt, ids, mask, y) -> float:
@@ -84,7 +84,7 @@ def _step_theirs(model, opt, ids, mask, y) -> float:
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.detach().item()
 
 
 def main(argv: list[str] | None = None) -> int:
