@@ -7,7 +7,7 @@
 Both decode the same random weights (ours written into a transformers
 ``GPT2LMHeadModel``) and the same batch of E2E-like prompts: random context tokens,
 30-40 of them, then 50256, as the recipe's ``context + [50256]``. Settings are the
-recipe's (REFERENCE.md §2): beam 10, length penalty 0.8, no-repeat-ngram 4, stop tokens
+recipe's (microsoft/LoRA examples/NLG): beam 10, length penalty 0.8, no-repeat-ngram 4, stop tokens
 {50256, 628}, 64 new tokens. transformers gets the batch left-padded with an attention
 mask. tokens/s counts the tokens of the returned continuations (stop token included)
 over the wall time of the whole call; each side is timed after one warm-up call, best

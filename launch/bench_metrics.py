@@ -6,8 +6,8 @@ and CPU seconds. Not a test: the numbers depend on the machine and its load
 
     python -m launch.bench_metrics [--data DIR] [--repeat N] [--no-meteor]
 
-``DIR`` is the E2E data directory holding ``golden/`` (default: $SPLITLORA_DATA,
-then ../shared/data/e2e next to the repository).
+``DIR`` is the E2E data directory holding ``golden/`` (default: $SPLITLORA_DATA, then the
+user cache, as ``runtime.data.locate`` finds the data).
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
 
 def _default_data() -> Path:
     env = os.environ.get("SPLITLORA_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/e2e"
+    if env:
+        return Path(env)
+    from runtime.data.locate import cache_dir
+
+    return cache_dir()
 
 
 def _row(name: str, wall: float, cpu: float, child: float = 0.0) -> str:

@@ -63,7 +63,7 @@ REPEAT_SCOPES = ("generated", "sequence")
 
 @dataclass
 class DecodeConfig:
-    """Beam-search settings; the defaults are the E2E recipe (REFERENCE.md §2).
+    """Beam-search settings; the defaults are the E2E recipe (microsoft/LoRA examples/NLG).
 
     Hypothesis score = sum of log-probs / L ** length_penalty, L = generated tokens
     including the stop token (transformers' convention). ``early_stopping``: False

@@ -1,6 +1,6 @@
 """Process groups and the RPC agent: start-up and bounded shut-down.
 
-Order on every rank (measured to work with one MASTER_ADDR/PORT, REFERENCE.md §7):
+Order on every rank (measured to work with one MASTER_ADDR/PORT on torch 2.13):
 ``init_process_group`` (gloo on CPU; gloo+NCCL on CUDA) → every rank's device, gathered to
 choose the client group's backend → ``new_group(client ranks)``
 called on *every* rank (a subgroup collective hangs if any member skipped it) →
@@ -167,7 +167,7 @@ def init_world(cfg: Config) -> World:
             if not world.is_server and world.rank != dead:
                 world.fallback_groups[dead] = g
     # init_rpc prints an upstream deprecation warning about the Gloo ProcessGroup once per
-    # rank (harmless, REFERENCE.md §7); keep it out of the user's log.
+    # rank (harmless, a known upstream warning); keep it out of the user's log.
     warnings.filterwarnings("ignore", message=r"You are using a Backend .* as a ProcessGroup")
     options = _rpc_options(cfg, world, [index for _, index in placed])
     rpc.init_rpc(world.role, rank=rank, world_size=world_size, rpc_backend_options=options)

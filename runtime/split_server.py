@@ -18,7 +18,7 @@ Why one client at a time (a gate held from forward to step) rather than concurre
 server forwards: another client's in-place optimizer step between a forward and its
 backward either fails ("modified by an inplace operation") or silently uses stale
 weights, and TorchScript-based ``DistributedOptimizer`` loses updates under concurrent
-steps (REFERENCE.md §7). The server's compute is the bottleneck anyway; the gate keeps
+steps (both reproduced here on torch 2.13's RPC). The server's compute is the bottleneck anyway; the gate keeps
 the math equal to the sequential SplitLoRA algorithm, and ``round_robin`` makes the
 order — hence the result — reproducible. Clients still overlap their own forward,
 backward and optimizer with the server serving others.

@@ -107,10 +107,11 @@ def test_loader_is_seeded_resumable_and_complete():
 
 @needs_data
 def test_trainset_length_statistics():
-    """REFERENCE.md §2: mean 53, median 53, p99 84, max 114 tokens on trainset.csv.
+    """The recipe's token statistics (microsoft/LoRA examples/NLG): mean 53, median 53, p99 84, max 114
+    tokens on trainset.csv.
 
     With the tokenised completions we get mean 53.3, median 53, p99 83 (420 of 42,061
-    examples reach 84: 0.9986 %, just under 1 %) and max 115; §2's exact p99/max come out
+    examples reach 84: 0.9986 %, just under 1 %) and max 115; the recipe's exact p99/max come out
     when the raw (untokenised) CSV references are encoded instead. Keeping the text
     format's trailing space would add one " " token to every example (mean 54.3): the
     reference strips it, and so do we.

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_known_ids():
     assert encode("Hello world") == [15496, 995]
     assert encode(" Hello world") == [18435, 995]
-    assert encode("\n\n") == [628]  # a decoding stop token (REFERENCE.md §2)
+    assert encode("\n\n") == [628]  # a decoding stop token (the E2E recipe's, microsoft/LoRA examples/NLG)
     tok = load_gpt2_tokenizer()
     assert tok.eos_token_id == EOS_ID == 50256
     assert len(tok) == 50257

@@ -1,6 +1,6 @@
 """Encoding E2E examples and building batches.
 
-An example ``context || completion`` becomes (REFERENCE.md §2)::
+An example ``context || completion`` becomes (as in microsoft/LoRA examples/NLG, arXiv 2106.09685)::
 
     ids = BPE(context) + [50256] + BPE(" " + completion) + [50256]
 
