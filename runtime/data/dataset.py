@@ -7,7 +7,7 @@ An example ``context || completion`` becomes (as in microsoft/LoRA examples/NLG,
 where ``completion`` has no trailing space: the reference code strips each text line
 before splitting it, and with the space kept every example would end in an extra " "
 token (id 220) before the final 50256. Without it trainset.csv gives mean 53.3, median 53,
-p99 83, max 115 tokens against §2's 53 / 53 / 84 / 114 (§2's exact p99 and max come from
+p99 83, max 115 tokens against the recipe's 53 / 53 / 84 / 114 (its exact p99 and max come from
 encoding the raw CSV references); with it, 54.3 / 54 / 84 / 116.
 
 A batch (docs/ARCHITECTURE.md) is ``input_ids = ids[:-1]``, ``targets = ids[1:]`` and
