@@ -55,7 +55,7 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
     config is the base, the command line may override what does not change the run's
     identity, and DIR's latest complete checkpoint must load.
     """
-    from runtime.build import check_model_fits_task, model_config
+    from runtime.build import check_model_fits_task, model_config, run_num_labels
     from runtime.checkpoint import check_resume_config, latest_step, load_rank, read_saved_config
     from runtime.dist import read_env_world
 
@@ -78,6 +78,8 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
 
         cfg.model.path = str(cached_base(cfg))  # built once per user (file-locked), then reused
     check_model_fits_task(cfg)
+    if cfg.data.task == "classify" and not cfg.model.num_labels:
+        cfg.model.num_labels = run_num_labels(cfg)  # read the labels once, here; config.json records them
     validate_for_world(cfg, world_size, model_config(cfg).n_layer)
     if cfg.data.task != "classify" and (cfg.data.source == "e2e" or (cfg.data.source == "auto" and (
             cfg.data.dir or os.environ.get("SPLITLORA_DATA")))):

@@ -59,7 +59,7 @@ def our_key(hf_key: str) -> tuple[str, str | None] | None:
     return None
 
 
-def hf_key_map(n_layer: int, model_type: str) -> dict[str, str]:
+def hf_key_map(n_layer: int) -> dict[str, str]:
     """transformers' module name (``encoder.layer.3.attention.self.query``) of each of our
     adapted Linear layers (``transformer.h.3.attn.c_attn.q``): the peft export's names."""
     out = {}

@@ -79,37 +79,22 @@ def build_keep(pieces: set[str]) -> set[str]:
 
 def finish_part(model: GPT2 | EncoderClassifier, pieces: set[str]) -> GPT2 | EncoderClassifier:
     """Delete from ``model`` (built with ``keep=build_keep(pieces)``) what the part does not hold."""
-    if isinstance(model, EncoderClassifier):
-        return _finish_encoder(model, pieces)
     tr = model.transformer
-    if "lm_head" in pieces and "transformer.wte" not in pieces:
-        # The vanilla server: its head keeps the embedding's values, frozen and untied.
-        model.lm_head.weight = nn.Parameter(tr["wte"].weight.detach(), requires_grad=False)
-    for name in ("wte", "wpe", "ln_f"):
+    if isinstance(model, GPT2):
+        if "lm_head" in pieces and "transformer.wte" not in pieces:
+            # The vanilla server: its head keeps the embedding's values, frozen and untied.
+            model.lm_head.weight = nn.Parameter(tr["wte"].weight.detach(), requires_grad=False)
+        if "transformer.wte" not in pieces:
+            del tr["drop"]
+    for name in [n for n in tr.keys() if n not in ("h", "drop")]:  # embeddings, final norm
         if f"transformer.{name}" not in pieces:
             del tr[name]
-    if "transformer.wte" not in pieces:
-        del tr["drop"]
     for name in list(tr["h"].keys()):
         if f"transformer.h.{name}" not in pieces:
             del tr["h"][name]
-    if "lm_head" not in pieces:
-        model.lm_head = None
-    left = [n for n, p in model.named_parameters() if p.is_meta]
-    if left:
-        raise RuntimeError(f"part still holds meta tensors (not built): {left[:5]}")
-    return model
-
-
-def _finish_encoder(model: EncoderClassifier, pieces: set[str]) -> EncoderClassifier:
-    tr = model.transformer
-    if "transformer.emb" not in pieces:
-        del tr["emb"]
-    for name in list(tr["h"].keys()):
-        if f"transformer.h.{name}" not in pieces:
-            del tr["h"][name]
-    if "head" not in pieces:
-        model.head = None
+    for head in ("lm_head", "head"):  # GPT-2's LM head, the encoder's classification head
+        if getattr(model, head, None) is not None and head not in pieces:
+            setattr(model, head, None)
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
         raise RuntimeError(f"part still holds meta tensors (not built): {left[:5]}")

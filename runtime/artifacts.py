@@ -188,7 +188,7 @@ def save_encoder_model(out: Path, model: torch.nn.Module, cfg: Config, with_base
     if with_base:
         save_tensors(out / "base.safetensors", {k: v for k, v in model.state_dict().items()
                                                 if ".adapters." not in k and not k.startswith("head.")}, meta)
-    names = hf_key_map(model.config.n_layer, model.config.model_type)
+    names = hf_key_map(model.config.n_layer)
     tensors: dict[str, torch.Tensor] = {}
     for name, adapter in iter_lora_adapters(model):
         linear, _, key = name.rpartition(".adapters.")

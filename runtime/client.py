@@ -170,7 +170,8 @@ class ClientRun:
             if step % every == 0 or step == plan.local_steps:
                 buffer.append(self._aggregate(step))
             if test_due(self.cfg, step) and self.world.rank == self.live[0]:
-                buffer.append(test_record(self.module, self.data, self.world.device, step, self.rounds))
+                buffer.append(test_record(self.module, self.data, self.world.device, step, self.rounds,
+                                          client=self.world.rank))
             if len(buffer) >= LOG_FLUSH:
                 pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
                 buffer = []

@@ -26,6 +26,7 @@ from runtime.data.classify import (
     encode_texts,
     load_classification,
     load_text_tokenizer,
+    pad_token_id,
 )
 from runtime.data.dataset import EncodedExample, collate, encode_items
 from runtime.data.locate import load_splits
@@ -64,12 +65,11 @@ class ClientData:
     source: str
     all_counts: list[int] = field(default_factory=list)
     partition_info: dict[str, Any] = field(default_factory=dict)
+    pad_id: int | None = None  # classify: the padding id (batches of runtime/data/classify.py)
 
     @property
     def n_samples(self) -> int:
         return len(self.examples)
-
-    pad_id: int | None = None  # classify: the tokenizer's padding id (batches of runtime/data/classify.py)
 
     def _collate(self, items: list) -> dict[str, torch.Tensor]:
         if self.pad_id is not None:
@@ -134,10 +134,10 @@ def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientDa
 def load_client_texts(cfg: Config, client_index: int, n_clients: int) -> ClientData:
     """Classification: the labelled training split partitioned over the clients (label skew with
     ``dirichlet:<alpha>`` / ``pathological``); evaluation on the test split (every example)."""
-    from runtime.build import model_config, run_num_labels
+    from runtime.build import model_config
 
     splits = load_classification(cfg.data.dir, cfg.data.source, seed=cfg.train.seed)
-    if run_num_labels(cfg) != len(splits.labels):
+    if cfg.model.num_labels and cfg.model.num_labels != len(splits.labels):
         raise ValueError(f"model.num_labels={cfg.model.num_labels} but the training split has {len(splits.labels)} "
                          f"labels ({splits.note})")
     train = splits.train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else splits.train
@@ -148,6 +148,9 @@ def load_client_texts(cfg: Config, client_index: int, n_clients: int) -> ClientD
     info = describe_partition(shards, train)
     mine_counts = class_counts(mine, splits.labels)
     pad_id = model_config(cfg).pad_token_id  # the id the encoder reads as padding
+    if pad_token_id(tok) != pad_id:
+        raise ValueError(f"{cfg.model.path}: tokenizer.json pads with id {pad_token_id(tok)} but config.json's "
+                         f"pad_token_id is {pad_id}: the encoder would attend to padding")
     return ClientData(mine, test, cfg, client_index, splits.source, [len(s) for s in shards],
                       {"all_clients": info, "note": splits.note, "labels": len(splits.labels),
                        "class_counts": {k: v for k, v in mine_counts.items() if v}}, pad_id=pad_id)

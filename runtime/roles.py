@@ -124,13 +124,15 @@ def test_due(cfg: Config, step: int) -> bool:
     return cfg.data.task == "classify" and cfg.eval.every > 0 and step % cfg.eval.every == 0
 
 
-def test_record(model: torch.nn.Module, data: Any, device: torch.device, step: int, rounds: int = 0) -> dict[str, Any]:
-    """The ``test`` metrics record of a whole classifier at ``step`` (accuracy per round for the plots)."""
+def test_record(model: torch.nn.Module, data: Any, device: torch.device, step: int, rounds: int = 0,
+                client: int = 0) -> dict[str, Any]:
+    """The ``test`` metrics record of a whole classifier at ``step`` (accuracy per round for the plots),
+    scored by ``client`` (0: cenlora)."""
     from runtime.classify_eval import classify_scores
 
     t0 = now()
     scores = classify_scores(model, data.eval_batches(), device) or {}
-    return {"kind": "test", "client": data.client_index + 1, "step": step, "round": rounds, "t": time.time(),
+    return {"kind": "test", "client": client, "step": step, "round": rounds, "t": time.time(),
             "eval_s": now() - t0, **scores}
 
 

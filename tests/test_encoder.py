@@ -126,3 +126,17 @@ def test_speed_benchmark_compares_like_with_like(tmp_path, encoder_dirs):
     first = report["first_loss"]
     assert first["ours"] == pytest.approx(first["transformers_peft"], abs=1e-5)
     assert report["ratio"]["min"] > 0 and report["pairs"] == 2
+
+
+def test_a_tokenizer_that_pads_with_another_id_is_refused(tmp_path, encoder_dirs):
+    import shutil
+
+    from runtime.inputs import load_client_data
+
+    path = tmp_path / "bert"
+    shutil.copytree(encoder_dirs["bert"], path)
+    hf = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**hf, "pad_token_id": 5}))
+    cfg = build_config([f"--model.path={path}", "--data.task=classify", "--data.source=synthetic", SIX])
+    with pytest.raises(ValueError, match="pads with id 0 but config.json's pad_token_id is 5"):
+        load_client_data(cfg, 0, 1)
