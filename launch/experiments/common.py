@@ -94,6 +94,8 @@ def run_state(run_dir: Path, need_model: bool = False) -> str:
 
 # Sections that do not change what a run computes (or are checked by --resume itself).
 _IGNORED_SECTIONS = ("out", "resume", "ckpt", "runtime", "eval")
+# Fields a run resolves at start when left at 0 (launch.train records the resolved value).
+_RESOLVED_AT_START = {("model", "num_labels")}
 
 
 def config_diff(run_dir: Path, args: list[str]) -> list[str]:
@@ -109,7 +111,8 @@ def config_diff(run_dir: Path, args: list[str]) -> list[str]:
         saved = have.get(section)
         if isinstance(value, dict):
             saved = saved if isinstance(saved, dict) else {}
-            diffs += [f"{section}.{k}: {saved.get(k)!r} -> {v!r}" for k, v in value.items() if saved.get(k) != v]
+            diffs += [f"{section}.{k}: {saved.get(k)!r} -> {v!r}" for k, v in value.items()
+                      if saved.get(k) != v and not ((section, k) in _RESOLVED_AT_START and v == 0)]
         elif saved != value:
             diffs.append(f"{section}: {saved!r} -> {value!r}")
     return diffs

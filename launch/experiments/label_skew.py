@@ -1,0 +1,189 @@
+"""LoRA-A2's comparison (arXiv 2410.22815, Tables 1 and 3, Fig. 6) on a text-classification set:
+federated LoRA methods × ranks × label skew, with test accuracy per round.
+
+    python -m launch.experiments.label_skew --model.path $MODEL --data.dir $BANKING77 \\
+        --clients 30 --rounds 10 --steps-per-round 20 --ranks 1,8 --skews 0.5,0.01 --seeds 110,111 \\
+        --out runs/label-skew
+    python -m launch.experiments.label_skew ... --arms ablation --ranks 1 --skews 0.01   # Fig. 6
+
+Every run is FedLoRA (``launch.train --method=fedlora``) with ``--clients`` clients on one
+partition per skew (``dirichlet:<alpha>`` over labels, or ``pathological``), the same budget
+for every arm of a table: ``--rounds`` aggregation rounds of ``--steps-per-round`` local steps
+of ``--batch`` examples, lr ``--lr``, LoRA alpha 16 on the six linear modules of every layer,
+no dropout, no label smoothing, the frozen random head; test accuracy after every round.
+
+Arms (``--arms``; how the paper's rank r maps to each):
+  main:      fedavg (FL+LoRA), ffa (FFA-LoRA), flexlora at r; lora-a2 with r_G = ``--global-rank``
+             and every client's budget r_k = r.
+  ablation:  Fig. 6 at rank r: ffa → + alternating freeze (lora-a2, r_G = r, lr_B = lr_A) →
+             + lr_B = 5 lr_A (r_G = r) → + rank selection (r_G = ``--global-rank``, r_k = r).
+  hetero:    Table 8's heterogeneous ranks (``--hetero-ranks``, one per client, cycled): hetlora,
+             flexlora and lora-a2 (r_G = ``--global-rank``).
+
+Outputs in ``--out``: ``runs/<arm>-r<r>-<skew>-s<seed>/``, ``logs/``, ``results.json`` (every
+run's accuracy per round, final scores, uploaded parameters and settings), ``table.md`` (mean
+over seeds, ± half the range) and ``accuracy.png`` (accuracy per round). Finished runs are
+skipped and interrupted ones resume: rerun the same command to continue. Extra
+``--section.key=value`` arguments go to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from launch.experiments import common
+from launch.experiments.tables import DASH, md_table
+
+SIX = "q,k,v,attn_proj,mlp_fc,mlp_proj"
+
+
+def arms(kind: str, r: int, global_rank: int, clients: int, hetero: list[int]) -> list[tuple[str, list[str]]]:
+    """(label, training arguments) of every arm of ``kind`` at rank ``r``."""
+    budgets = ",".join([str(r)] * clients)
+    a2 = ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={budgets}"]
+    if kind == "main":
+        return [("fedavg", ["--fed.strategy=fedavg", f"--lora.r={r}"]),
+                ("ffa", ["--fed.strategy=ffa", f"--lora.r={r}"]),
+                ("flexlora", ["--fed.strategy=flexlora", f"--lora.r={r}"]),
+                ("lora-a2", a2)]
+    if kind == "ablation":
+        same = ["--fed.strategy=lora-a2", f"--lora.r={r}", f"--fed.client_ranks={budgets}"]
+        return [("ffa", ["--fed.strategy=ffa", f"--lora.r={r}"]),
+                ("+alternate", [*same, "--fed.lr_b_ratio=1"]),
+                ("+lr_B=5lr_A", [*same, "--fed.lr_b_ratio=5"]),
+                ("+rank-selection", a2)]
+    if kind == "hetero":
+        ranks = ",".join(str(hetero[i % len(hetero)]) for i in range(clients))
+        top = max(hetero)
+        return [("hetlora", ["--fed.strategy=hetlora", f"--lora.r={top}", f"--fed.client_ranks={ranks}"]),
+                ("flexlora", ["--fed.strategy=flexlora", f"--lora.r={top}", f"--fed.client_ranks={ranks}"]),
+                ("lora-a2", ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={ranks}"])]
+    raise ValueError(f"unknown arms {kind!r}: main | ablation | hetero")
+
+
+def partition(skew: str) -> str:
+    """``0.01`` -> ``dirichlet:0.01``; ``pathological[:k]`` and ``iid`` as they are."""
+    return skew if skew.startswith(("pathological", "iid")) else f"dirichlet:{float(skew)}"
+
+
+def run_args(a: argparse.Namespace, arm_args: list[str], skew: str, seed: int) -> list[str]:
+    steps = a.rounds * a.steps_per_round
+    return ["--method=fedlora", "--data.task=classify", f"--model.path={a.model_path}",
+            *([f"--data.dir={a.data_dir}"] if a.data_dir else ["--data.source=synthetic"]),
+            f"--data.partition={partition(skew)}", f"--lora.targets={SIX}", "--lora.alpha=16", "--lora.dropout=0",
+            f"--train.lr={a.lr}", f"--train.batch_size={a.batch}", f"--train.max_steps={steps}",
+            "--train.warmup_steps=0", "--train.weight_decay=0", "--train.label_smoothing=0",
+            f"--train.seed={seed}", f"--fed.aggregate_every={a.steps_per_round}",
+            f"--eval.every={a.steps_per_round * a.eval_rounds}", "--runtime.order=round_robin",
+            "--out.tensorboard=false", *arm_args, *a.extra]
+
+
+def collect(run_dir: Path) -> dict[str, Any] | None:
+    """Accuracy per round, the final scores and the uploads of a finished run."""
+    summary = common.read_json(run_dir / "summary.json")
+    if summary is None:
+        return None
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    tests = [r for r in map(json.loads, lines) if r.get("kind") == "test"]
+    clients = summary["clients"].values()
+    return {"rounds": [t["round"] for t in tests], "accuracy": [t["accuracy"] for t in tests],
+            "final": summary["eval"], "up_params_per_client": max(c["comm"]["up_params"] for c in clients),
+            "wall_s": summary["wall_s"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model.path", dest="model_path", required=True, help="a BERT/RoBERTa directory")
+    ap.add_argument("--data.dir", dest="data_dir", default=None, help="train.csv + test.csv (else synthetic)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--arms", default="main", choices=("main", "ablation", "hetero"))
+    ap.add_argument("--clients", type=int, default=30)
+    ap.add_argument("--ranks", default="1,8")
+    ap.add_argument("--skews", default="0.5,0.01", help="Dirichlet alphas, pathological[:k] or iid, comma list")
+    ap.add_argument("--seeds", default="110")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--steps-per-round", type=int, default=20)
+    ap.add_argument("--eval-rounds", type=int, default=1, help="test accuracy every this many rounds")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--global-rank", type=int, default=16, help="LoRA-A2's allocated rank r_G")
+    ap.add_argument("--hetero-ranks", default="1,2,4,8")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, rest = build_parser().parse_known_args(argv)
+    a.extra = common.passthrough(rest)
+    a.model_path, a.data_dir = common.absolute(a.model_path), common.absolute(a.data_dir)
+    out = Path(a.out).resolve()
+    ranks, seeds = common.parse_int_list(a.ranks), common.parse_int_list(a.seeds)
+    skews = [s.strip() for s in a.skews.split(",") if s.strip()]
+    hetero = common.parse_int_list(a.hetero_ranks)
+    cells = [(label, args, r, skew, seed) for r in ranks for skew in skews for seed in seeds
+             for label, args in arms(a.arms, r, a.global_rank, a.clients, hetero)]
+    progress = common.Progress(len(cells))
+    results, failed = [], 0
+    for i, (label, arm_args, r, skew, seed) in enumerate(cells, 1):
+        name = f"{a.arms}-{label}-r{r}-{skew.replace(':', '')}-s{seed}".replace("+", "").replace("=", "")
+        progress.say(i, name, "training")
+        what, rc = common.train(a.clients + 1, run_args(a, arm_args, skew, seed), out / "runs" / name,
+                                out / "logs" / f"{name}.log")
+        failed += rc != 0
+        rec = collect(out / "runs" / name)
+        if rec is not None:
+            results.append({"arm": label, "arms": a.arms, "rank": r, "skew": skew, "seed": seed, **rec})
+        done = f"{what}, test accuracy {rec['final']['accuracy']:.4f}" if rec else f"{what} (exit {rc})"
+        progress.say(i, name, done)
+    common.write_json(out / "results.json", {"settings": dict(vars(a)), "runs": results})
+    (out / "table.md").write_text(render_table(results) + "\n")
+    plot_accuracy(results, out / "accuracy.png")
+    print(f"table: {out / 'table.md'}", flush=True)
+    return 1 if failed else 0
+
+
+def render_table(results: list[dict[str, Any]]) -> str:
+    """Test accuracy (%) per arm × rank (rows) and skew (columns): mean over seeds ± half the range,
+    with the uploaded parameters per client beside each arm."""
+    skews = list(dict.fromkeys(r["skew"] for r in results))
+    rows = []
+    for arm, rank in dict.fromkeys((r["arm"], r["rank"]) for r in results):
+        cells = []
+        for skew in skews:
+            acc = [100 * r["final"]["accuracy"] for r in results
+                   if (r["arm"], r["rank"], r["skew"]) == (arm, rank, skew)]
+            mean, half = (sum(acc) / len(acc), (max(acc) - min(acc)) / 2) if acc else (0.0, 0.0)
+            cells.append(f"{mean:.2f} ± {half:.2f} (n={len(acc)})" if acc else DASH)
+        up = max(r["up_params_per_client"] for r in results if (r["arm"], r["rank"]) == (arm, rank))
+        rows.append([arm, str(rank), *cells, f"{up:,}"])
+    return md_table(["arm", "rank", *[f"{s}" for s in skews], "uploaded params / client"], rows)
+
+
+def plot_accuracy(results: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy per round, one panel per (rank, skew), one line per arm and seed."""
+    if not results:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys((r["rank"], r["skew"]) for r in results))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (rank, skew) in zip(axes[0], panels):
+        for r in (r for r in results if (r["rank"], r["skew"]) == (rank, skew)):
+            ax.plot(r["rounds"], [100 * x for x in r["accuracy"]], marker=".", label=f"{r['arm']} s{r['seed']}")
+        ax.set_title(f"rank {rank}, {partition(skew)}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
