@@ -16,6 +16,8 @@ def test_arms_map_the_papers_rank_to_each_method():
     ablation = [label for label, _ in arms("ablation", 1, 16, 2, [1])]
     assert ablation == ["ffa", "+alternate", "+lr_B=5lr_A", "+rank-selection"]
     assert dict(arms("hetero", 1, 16, 3, [1, 4]))["hetlora"][-1] == "--fed.client_ranks=1,4,1"
+    matched = dict(arms("main", 2, 16, 2, [1], match_scaling=True))["lora-a2"]
+    assert matched[-1] == "--lora.alpha=128"  # 128 / 16 = 16 / 2
     assert partition("0.01") == "dirichlet:0.01" and partition("pathological:2") == "pathological:2"
     with pytest.raises(ValueError, match="unknown arms"):
         arms("other", 1, 16, 2, [1])

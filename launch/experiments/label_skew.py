@@ -41,10 +41,13 @@ from launch.experiments.tables import DASH, md_table
 SIX = "q,k,v,attn_proj,mlp_fc,mlp_proj"
 
 
-def arms(kind: str, r: int, global_rank: int, clients: int, hetero: list[int]) -> list[tuple[str, list[str]]]:
-    """(label, training arguments) of every arm of ``kind`` at rank ``r``."""
+def arms(kind: str, r: int, global_rank: int, clients: int, hetero: list[int],
+         match_scaling: bool = False) -> list[tuple[str, list[str]]]:
+    """(label, training arguments) of every arm of ``kind`` at rank ``r``. ``match_scaling``: LoRA-A2's
+    alpha is 16 · r_G / r, so that its alpha / r_G equals the rank-r arms' 16 / r."""
     budgets = ",".join([str(r)] * clients)
-    a2 = ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={budgets}"]
+    a2 = ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={budgets}",
+          *([f"--lora.alpha={16 * global_rank / r:g}"] if match_scaling else [])]
     if kind == "main":
         return [("fedavg", ["--fed.strategy=fedavg", f"--lora.r={r}"]),
                 ("ffa", ["--fed.strategy=ffa", f"--lora.r={r}"]),
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--global-rank", type=int, default=16, help="LoRA-A2's allocated rank r_G")
     ap.add_argument("--hetero-ranks", default="1,2,4,8")
+    ap.add_argument("--only", default="", help="run only these arms (comma list of labels)")
+    ap.add_argument("--match-scaling", action="store_true",
+                    help="LoRA-A2 with alpha = 16 r_G / r: the same alpha / rank as the rank-r arms")
     return ap
 
 
@@ -123,19 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     ranks, seeds = common.parse_int_list(a.ranks), common.parse_int_list(a.seeds)
     skews = [s.strip() for s in a.skews.split(",") if s.strip()]
     hetero = common.parse_int_list(a.hetero_ranks)
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
     cells = [(label, args, r, skew, seed) for r in ranks for skew in skews for seed in seeds
-             for label, args in arms(a.arms, r, a.global_rank, a.clients, hetero)]
+             for label, args in arms(a.arms, r, a.global_rank, a.clients, hetero, a.match_scaling)
+             if not only or label in only]
     progress = common.Progress(len(cells))
     results, failed = [], 0
     for i, (label, arm_args, r, skew, seed) in enumerate(cells, 1):
-        name = f"{a.arms}-{label}-r{r}-{skew.replace(':', '')}-s{seed}".replace("+", "").replace("=", "")
+        scaled = "-matched" if a.match_scaling and "--fed.strategy=lora-a2" in arm_args else ""
+        name = f"{a.arms}-{label}{scaled}-r{r}-{skew.replace(':', '')}-s{seed}".replace("+", "").replace("=", "")
         progress.say(i, name, "training")
         what, rc = common.train(a.clients + 1, run_args(a, arm_args, skew, seed), out / "runs" / name,
                                 out / "logs" / f"{name}.log")
         failed += rc != 0
         rec = collect(out / "runs" / name)
         if rec is not None:
-            results.append({"arm": label, "arms": a.arms, "rank": r, "skew": skew, "seed": seed, **rec})
+            results.append({"arm": label + scaled, "arms": a.arms, "rank": r, "skew": skew, "seed": seed, **rec})
         done = f"{what}, test accuracy {rec['final']['accuracy']:.4f}" if rec else f"{what} (exit {rc})"
         progress.say(i, name, done)
     common.write_json(out / "results.json", {"settings": dict(vars(a)), "runs": results})
