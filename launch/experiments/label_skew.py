@@ -179,6 +179,7 @@ def plot_accuracy(results: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = list(dict.fromkeys((r["rank"], r["skew"]) for r in results))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
@@ -186,6 +187,7 @@ def plot_accuracy(results: list[dict[str, Any]], path: Path) -> None:
         for r in (r for r in results if (r["rank"], r["skew"]) == (rank, skew)):
             ax.plot(r["rounds"], [100 * x for x in r["accuracy"]], marker=".", label=f"{r['arm']} s{r['seed']}")
         ax.set_title(f"rank {rank}, {partition(skew)}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy (%)")
         ax.legend(fontsize=7)
