@@ -87,8 +87,8 @@ def test_reads_recipe_output_folders(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_the_committed_mini_cpu_reading_follows_from_its_results(capsys: pytest.CaptureFixture) -> None:
-    """README and docs/experiments/mini-cpu say: SplitLoRA below CenLoRA in 10 of 11 paired runs, mean -1.14."""
-    results = REPO / "docs" / "experiments" / "mini-cpu" / "results.json"
+    """README and benchmarks/experiments/mini-cpu say: SplitLoRA below CenLoRA in 10 of 11 paired runs, mean -1.14."""
+    results = REPO / "benchmarks" / "experiments" / "mini-cpu" / "results.json"
     assert seeds.main([str(results)]) == 0
     out = capsys.readouterr().out
     assert ("splitlora (contiguous) − cenlora: 11 paired runs, mean -1.14, 10 below / 1 above / 0 tied; "

@@ -2,8 +2,8 @@
 
     # from the output folders of the E2E recipe, one per seed (or all in one):
     python -m launch.experiments.seeds runs/pt-s110 runs/pt-s111 runs/pt-s112
-    # from a committed results file (a list of run records, e.g. docs/experiments/mini-cpu/results.json):
-    python -m launch.experiments.seeds docs/experiments/mini-cpu/results.json --against cenlora
+    # from a committed results file (a list of run records, e.g. benchmarks/experiments/mini-cpu/results.json):
+    python -m launch.experiments.seeds benchmarks/experiments/mini-cpu/results.json --against cenlora
 
 A cell is (method, partition, fine-tuning, rank); a run belongs to it with its ``train.seed``.
 A run with ``lora.layers`` or ``fed.client_lr_scale`` set is a variant of its method
