@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 from pathlib import Path
@@ -163,30 +162,6 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def build_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.AdamW:
-    t = cfg.train
-    # foreach=False keeps the update order per tensor fixed (bitwise-equal split vs centralized).
-    return torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay,
-                             foreach=False)
-
-
-def linear_schedule(warmup: int, total: int):
-    """Linear warmup to the base lr over ``warmup`` steps, then linear decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if total <= warmup:
-            return 1.0
-        return max(0.0, (total - step) / (total - warmup))
-
-    return factor
-
-
-def build_scheduler(cfg: Config, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.train.warmup_steps, total_steps))
-
-
 def set_threads(n: int) -> int:
     """Set torch's intra-op threads (torchrun sets OMP_NUM_THREADS=1 everywhere)."""
     n = max(1, n)
@@ -198,13 +173,3 @@ def server_thread_count(cfg: Config) -> int:
     # Clients mostly wait on the server, which runs most of the model for all of them:
     # by default the server may use every core (clients compute only briefly, in turns).
     return cfg.runtime.server_threads or (os.cpu_count() or 1)
-
-
-def steps_for(cfg: Config, n_batches_per_epoch: int) -> int:
-    if cfg.train.max_steps:
-        return cfg.train.max_steps
-    return cfg.train.epochs * n_batches_per_epoch
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

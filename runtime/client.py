@@ -17,13 +17,13 @@ import torch
 import torch.distributed.rpc as rpc
 
 from models.lora import load_lora_state_dict
+from models.parts import block_of
 from runtime import coordinator, split_server
 from runtime.aggregate import client_weights
 from runtime.artifacts import save_model
 from runtime.build import (
     build_full_model,
     build_part,
-    build_scheduler,
     head_cut,
     load_trained_state,
     set_threads,
@@ -33,6 +33,7 @@ from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
 from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.inputs import ClientData, RunPlan
+from runtime.optim import build_optimizer, build_scheduler
 from runtime.roles import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
@@ -58,8 +59,7 @@ class ClientRun:
         self.module = build_client_module(cfg, world.device, self.cut)
         self.strategy = build_strategy(cfg.fed.strategy, cfg.fed)
         t, lr = cfg.train, cfg.train.lr * cfg.fed.client_lr_scale
-        self.opt = torch.optim.AdamW(self.strategy.param_groups(self.module, lr), lr=lr, betas=(t.beta1, t.beta2),
-                                     eps=t.eps, weight_decay=t.weight_decay, foreach=False)
+        self.opt = build_optimizer(cfg, self.strategy.param_groups(self.module, lr), lr)
         ranks = cfg.fed.rank_list()
         self.weights = client_weights(plan.counts, cfg.fed.weighting)
         self.ctx = ClientContext(module=self.module, optimizer=self.opt, client_index=world.client_index,
@@ -283,6 +283,6 @@ def assemble_whole_model(cfg: Config, client_module: torch.nn.Module, cut: int) 
         server_state = rpc.rpc_sync(SERVER, split_server.server_lora_state)
         # With per-client cuts the server also holds blocks below this client's cut: this
         # client's model uses its own copies there (as in its training).
-        server_state = {k: v for k, v in server_state.items() if int(k.split(".h.")[1].split(".")[0]) >= cut}
+        server_state = {k: v for k, v in server_state.items() if block_of(k) >= cut}
         load_lora_state_dict(whole, server_state, strict=False)
     return whole

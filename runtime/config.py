@@ -176,7 +176,6 @@ class TrainConfig:
     label_smoothing: float = 0.1  # loss = (1 - eps) NLL + eps mean(-log p over the vocabulary)
     grad_clip: float = 0.0  # 0 = none (the reference recipe clips nothing)
     seed: int = 110  # model init, data order, partitions and synthetic data
-    log_every: int = 10  # steps between progress-bar loss updates
 
     def __post_init__(self) -> None:
         _check(self.finetune in ("lora", "full"), f"train.finetune must be lora|full, got {self.finetune!r}")
@@ -187,7 +186,6 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
-        _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
 
 
 @dataclass

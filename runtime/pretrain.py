@@ -47,7 +47,7 @@ def pretrain_config(size: str, overrides: list[str] | None = None) -> Config:
     base = [f"--{k}={v}" for k, v in RECIPES[size].items()]
     fixed = ["--method=cenlora", "--train.finetune=full", "--data.task=pretrain", f"--model.name={size}",
              "--model.base=random", "--train.label_smoothing=0", "--data.max_eval_examples=1000",
-             "--data.seq_len=256", "--train.log_every=50"]
+             "--data.seq_len=256"]
     return build_config([*fixed, *base, *(overrides or [])])
 
 

@@ -19,8 +19,6 @@ from runtime import coordinator, split_server
 from runtime.artifacts import save_model
 from runtime.build import (
     build_full_model,
-    build_optimizer,
-    build_scheduler,
     load_trained_state,
     model_config,
     server_thread_count,
@@ -32,6 +30,7 @@ from runtime.checkpoint import load_rank, mark_latest, save_rank, set_rng_state
 from runtime.config import Config
 from runtime.dist import World, abort, client_name, world_barrier
 from runtime.inputs import RunPlan, load_client_data
+from runtime.optim import build_optimizer, build_scheduler
 from runtime.steps import Stepper
 from runtime.telemetry import MetricsWriter, now, peak_memory, summarize
 from runtime.watchdog import Watchdog

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from models.loss import model_loss_groups
+from runtime.optim import apply_gradients
 from runtime.server_queue import Admission, _Request
 from runtime.telemetry import now, sync
 
@@ -95,13 +96,9 @@ class BatchRunner:
         sync(self.device)
         t2 = now()
         update = works[0].update
-        if update:
-            self.opt.step()
-            for _ in works:  # the schedule counts client steps, as in sequential mode
-                self.sched.step()
-            self.updates += 1
-        for p in self.params:
-            p.grad = None
+        # The schedule counts client steps, as in sequential mode.
+        apply_gradients(self.opt, self.sched, self.params, update=update, schedule_steps=len(works))
+        self.updates += int(update)
         sync(self.device)
         t3 = now()
         losses = (sums / counts.clamp_min(1.0)).detach()  # (K,) each client's own mean

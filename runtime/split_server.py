@@ -40,6 +40,7 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from models.loss import model_loss
+from runtime.optim import apply_gradients
 from runtime.server_batching import BatchAdmission, BatchRunner, Work
 from runtime.server_queue import Admission
 from runtime.telemetry import now, stamp, sync
@@ -162,10 +163,7 @@ class SplitServer:
                 grads = dist_autograd.get_gradients(context_id)
                 for p in self.params:
                     p.grad = grads.get(p)
-                self.opt.step()
-                self.sched.step()
-                for p in self.params:
-                    p.grad = None
+                apply_gradients(self.opt, self.sched, self.params)
                 sync(self.device)
                 self.steps += 1
             marks, end_marks = pending["marks"], pending["end_marks"]

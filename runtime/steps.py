@@ -16,6 +16,7 @@ import torch.distributed.rpc as rpc
 from models.loss import model_loss
 from runtime import split_server
 from runtime.dist import SERVER
+from runtime.optim import apply_gradients
 from runtime.telemetry import now, stamp, sync, tensor_bytes
 
 CUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,16 +40,8 @@ class Stepper:
         self.update_server = True  # False during a strategy's probe: the server only computes gradients
 
     def _apply(self) -> None:
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.grad_clip)
-        if self.before_step is not None:
-            self.before_step()
-        self.opt.step()
-        if self.after_step is not None:
-            self.after_step()
-        self.sched.step()
-        for p in self.params:
-            p.grad = None
+        apply_gradients(self.opt, self.sched, self.params, grad_clip=self.grad_clip, before=self.before_step,
+                        after=self.after_step)
 
     @staticmethod
     def _to_cut(h: torch.Tensor, cut_dtype: str, via_host: bool) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Client-side FedAvg: plain maths, and the all_reduce over a client-only subgroup."""
+"""Client-side FedAvg: plain maths, and the all_reduce over a client-only subgroup (the live path,
+``runtime.strategies.base.flat_allreduce_sum``)."""
 
 import os
 import socket
@@ -8,7 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from runtime.aggregate import allreduce_weighted_mean, client_weights, weighted_mean
+from runtime.aggregate import client_weights
+from runtime.strategies.base import flat_allreduce_sum
+from runtime.strategies.fedavg import aggregate_fedavg
 
 
 def test_client_weights():
@@ -21,7 +24,7 @@ def test_client_weights():
 def test_weighted_mean_by_hand():
     a = [torch.tensor([1.0, 2.0]), torch.tensor([[4.0]])]
     b = [torch.tensor([3.0, 6.0]), torch.tensor([[0.0]])]
-    out = weighted_mean([a, b], [0.25, 0.75])
+    out = aggregate_fedavg([a, b], [0.25, 0.75])
     assert torch.allclose(out[0], torch.tensor([2.5, 5.0]))  # 0.25*1+0.75*3, 0.25*2+0.75*6
     assert torch.allclose(out[1], torch.tensor([[1.0]]))  # 0.25*4
 
@@ -42,24 +45,23 @@ def _worker(rank: int, world: int, port: int, results) -> None:
         counts = [10, 30]
         w = client_weights(counts)[rank - 1]
         before = [t.clone() for t in tensors]
-        nbytes = allreduce_weighted_mean(tensors, w, group)
-        results[rank] = ([t for t in before], [t for t in tensors], nbytes)
+        summed = flat_allreduce_sum([t * w for t in tensors], group)  # each member scales by its own w_k
+        results[rank] = ([t for t in before], summed)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_allreduce_weighted_mean_over_client_subgroup():
+def test_allreduce_weighted_sum_over_client_subgroup():
     world = 3
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(world, _free_port(), results), nprocs=world, join=True)
-    before1, after1, n1 = results[1]
-    before2, after2, _ = results[2]
-    expected = weighted_mean([before1, before2], [0.25, 0.75])
+    before1, after1 = results[1]
+    before2, after2 = results[2]
+    expected = aggregate_fedavg([before1, before2], [0.25, 0.75])
     for a1, a2, e in zip(after1, after2, expected):
         assert torch.equal(a1, a2)  # clients hold identical adapters after aggregation
         assert torch.allclose(a1, e, atol=1e-7)  # ... equal to the sample-weighted mean
-    assert n1 == (12 + 5) * 4  # one flat fp32 buffer
 
 
 def test_fedavg_by_holders_rule_on_tiny_tensors():

@@ -47,7 +47,7 @@ RECIPE = str(common.REPO / "configs" / "e2e-recipe.yaml")
 # The recipe's lr (2e-4 after 500 warm-up steps) would leave a few steps' LoRA at zero:
 # the smoke runs use the runtime's smoke lr so that every run really moves its adapters.
 SMOKE_TRAIN = ["--data.max_train_examples=240", "--data.max_eval_examples=8", "--train.batch_size=4",
-               "--train.log_every=1", "--train.lr=0.005", "--train.warmup_steps=0"]
+               "--train.lr=0.005", "--train.warmup_steps=0"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from models.parts import block_of
 from runtime.strategies.base import ClientContext, CommStats, Strategy, average_in_place, flat_allreduce_sum
 
 
 def aggregate_fedavg(factors: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
     """Per tensor: sum_k w_k · factors[k][i] (the reference maths of one round)."""
     return [sum(w * f[i] for w, f in zip(weights, factors)) for i in range(len(factors[0]))]
-
-
-def block_index(name: str) -> int:
-    """Block number of a parameter name ``transformer.h.<b>.…``."""
-    return int(name.split(".h.", 1)[1].split(".", 1)[0])
 
 
 def aggregate_fedavg_by_holders(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -56,7 +52,7 @@ class FedAvg(Strategy):
         own = {f"{n}.{k}": p for n, a in ctx.adapters() for k, p in (("lora_A", a.lora_A), ("lora_B", a.lora_B))}
         prefix = next(iter(own)).split(".h.", 1)[0] + ".h."
         # Every block has the same adapter shapes: block 0 (every client holds it) is the template.
-        template = {n[len(prefix) + 2:]: p for n, p in own.items() if block_index(n) == 0}  # "0." stripped
+        template = {n[len(prefix) + 2:]: p for n, p in own.items() if block_of(n) == 0}  # "0." stripped
         names = [(b, f"{prefix}{b}.{suffix}", suffix) for b in range(max(cuts)) for suffix in template]
         contrib = [own[n].detach() * ctx.weight if n in own else torch.zeros_like(template[suffix])
                    for _, n, suffix in names]
