@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.config import ConfigError, config_from_dict
+from runtime.config import ConfigError
+from runtime.config_build import config_from_dict
 
 
 def main(argv: list[str] | None = None) -> int:

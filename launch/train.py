@@ -28,7 +28,8 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from runtime.config import Config, ConfigError, build_config, validate_for_world
+from runtime.config import Config, ConfigError, validate_for_world
+from runtime.config_build import build_config
 
 
 def one_line(exc: BaseException) -> str:

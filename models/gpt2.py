@@ -376,9 +376,9 @@ class GPT2(nn.Module):
         from .hf_checkpoint import _config_from_hf, _convert_hf_state_dict, _read_weights, _resolve_checkpoint_dir
 
         ckpt_dir = _resolve_checkpoint_dir(name_or_dir, cache_dir)
-        cfg = _config_from_hf(json.loads((ckpt_dir / "config.json").read_text()))
+        cfg = _config_from_hf(json.loads((ckpt_dir / "config.json").read_text()), GPT2Config)
         cfg = _override(cfg, config_overrides)
-        from .parts import piece_of
+        from .pieces import piece_of
 
         want = None if keep is None else (lambda key: keep(piece_of(key)))
         state = _convert_hf_state_dict(_read_weights(ckpt_dir, want), dtype)

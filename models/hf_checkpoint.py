@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from .gpt2 import GPT2Config
+C = TypeVar("C", bound=Any)  # the model's config dataclass (GPT2Config)
 
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -50,7 +51,7 @@ def _resolve_checkpoint_dir(name_or_dir: str | Path, cache_dir: str | Path | Non
     )
 
 
-def _config_from_hf(hf: dict) -> GPT2Config:
+def _config_from_hf(hf: dict, config_type: type[C]) -> C:
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"unsupported activation_function {act!r}: this GPT-2 uses the tanh GELU")
@@ -64,7 +65,7 @@ def _config_from_hf(hf: dict) -> GPT2Config:
     for key, expected in unsupported.items():
         if key in hf and hf[key] != expected and not (key == "n_inner" and hf[key] == 4 * hf["n_embd"]):
             raise ValueError(f"unsupported GPT-2 config {key}={hf[key]!r} (expected {expected!r})")
-    return GPT2Config(**{f.name: hf[f.name] for f in fields(GPT2Config) if f.name in hf})
+    return config_type(**{f.name: hf[f.name] for f in fields(config_type) if f.name in hf})
 
 
 def _our_key(hf_key: str) -> str | None:

@@ -25,24 +25,11 @@ from torch import nn
 
 from .encoder import EncoderClassifier
 from .gpt2 import GPT2
+from .pieces import block_of, piece_of
 
 __all__ = ["ROLES", "block_of", "finish_part", "part_pieces", "build_keep", "piece_of"]
 
 ROLES = ("whole", "client", "server")
-
-
-def piece_of(key: str) -> str:
-    """The piece a state-dict key belongs to: ``transformer.h.3.attn.c_attn.weight`` -> ``transformer.h.3``."""
-    parts = key.split(".")
-    if parts[0] in ("lm_head", "head"):
-        return parts[0]
-    return ".".join(parts[:3]) if parts[1] == "h" else ".".join(parts[:2])
-
-
-def block_of(key: str) -> int | None:
-    """The block a parameter name is in (``transformer.h.3.attn.c_attn.lora_A`` -> 3); None outside the blocks."""
-    parts = key.split(".")
-    return int(parts[2]) if len(parts) > 2 and parts[1] == "h" else None
 
 
 # Per architecture: the input end's pieces and the output end's pieces (GPT-2: final norm + LM

@@ -17,7 +17,7 @@ import torch
 import torch.distributed.rpc as rpc
 
 from models.lora import load_lora_state_dict
-from models.parts import block_of
+from models.pieces import block_of
 from runtime import coordinator, split_server
 from runtime.aggregate import client_weights
 from runtime.artifacts import save_model

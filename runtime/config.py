@@ -13,11 +13,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-# The builders live in runtime/config_build.py; re-exported here, where callers look for them.
-from runtime.config_build import ConfigError, _field_types, build_config, config_from_dict, parse_overrides  # noqa: F401
+from runtime.cut import CUT_DTYPES as CUT_CODEC_DTYPES
 
 METHODS = ("cenlora", "splitlora", "fedlora")
-CUT_DTYPES = ("fp32", "bf16", "fp16")
+CUT_DTYPES = tuple(CUT_CODEC_DTYPES)  # split.cut_dtype values
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
 
 
 def _check(cond: bool, msg: str) -> None:

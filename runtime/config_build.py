@@ -1,7 +1,7 @@
 """Building the config tree: CLI overrides > config file (JSON or YAML) > defaults, values
 coerced to each field's annotated type, then one ``Config`` built from the merged dict (so
-every section's ``__post_init__`` sees the final values). ``runtime.config`` re-exports
-``ConfigError``, ``build_config``, ``config_from_dict`` and ``parse_overrides``.
+every section's ``__post_init__`` sees the final values). The parser imports the schema
+(``runtime/config.py``), never the reverse.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-if typing.TYPE_CHECKING:
-    from runtime.config import Config
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field."""
+from runtime.config import Config, ConfigError
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -147,15 +142,11 @@ def build_config(argv: list[str] | None = None, base: dict[str, Any] | None = No
                 tree[section] = values
     for key, value in pairs:
         _set_dotted(tree, key, value)
-    from runtime.config import Config  # runtime.config imports this module first
-
     return _build(Config, tree, "")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a saved config (config.json of a run)."""
-    from runtime.config import Config
-
     return _build(Config, data, "")
 
 

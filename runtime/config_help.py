@@ -9,7 +9,8 @@ import types
 import typing
 from typing import Any
 
-from runtime.config import Config, _field_types
+from runtime.config import Config
+from runtime.config_build import _field_types
 
 __all__ = ["config_help"]
 

@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.config import Config, build_config
+from runtime.config import Config
+from runtime.config_build import build_config
 
 __all__ = ["RECIPES", "pretrain_config", "build_vocab", "pretrain", "cached_base", "base_cache_root"]
 
-# Per size: the pretraining settings of its cached base (sized for a 2-core CPU; see README).
+# Per size: the pretraining settings of its cached base (sized for a 2-core CPU; see docs/cpu-bases.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "micro": {"train.max_steps": 1200, "train.batch_size": 16, "train.lr": 3e-3, "train.warmup_steps": 50},
     "mini": {"train.max_steps": 3600, "train.batch_size": 16, "train.lr": 1.5e-3, "train.warmup_steps": 100},
@@ -173,8 +174,8 @@ def cached_base(cfg: Config) -> Path:
     with open(out.parent / f".{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (out / "pretrain.json").is_file():
-            print(f"splitlora: building the {cfg.model.name} base once (cached in {out}); see README "
-                  "'A model that learns on a CPU'", file=sys.stderr, flush=True)
+            print(f"splitlora: building the {cfg.model.name} base once (cached in {out}); see "
+                  "docs/cpu-bases.md", file=sys.stderr, flush=True)
             from runtime.build import set_threads
 
             set_threads(os.cpu_count() or 1)

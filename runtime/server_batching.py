@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from models.loss import model_loss_groups
+from runtime.cut import decode, reply_like
 from runtime.optim import apply_gradients
 from runtime.server_queue import Admission, _Request
 from runtime.telemetry import now, sync
@@ -85,7 +86,7 @@ class BatchRunner:
         """Returns each client's loss (a node over its ``h``) and the batch's record."""
         t0 = now()
         # Leaves of the local graph (B_k, T_k, C) fp32; the received h keeps its own graph.
-        xs = [w.h.detach().to(self.device, dtype=torch.float32).requires_grad_() for w in works]
+        xs = [decode(w.h.detach(), self.device).requires_grad_() for w in works]
         sums, counts = model_loss_groups(self.part, xs, [w.targets.to(self.device) for w in works],
                                          [w.loss_mask.to(self.device) for w in works], self.label_smoothing,
                                          first_block=self.first_block)
@@ -106,7 +107,7 @@ class BatchRunner:
         scale = (total / counts.clamp_min(1.0)).tolist()
         out = []
         for w, x, loss, s in zip(works, xs, losses, scale):
-            grad_h = (x.grad * s).to(w.h.device, dtype=w.h.dtype)  # (B_k, T_k, C)
+            grad_h = reply_like(x.grad * s, w.h)  # (B_k, T_k, C)
             out.append(_HandBack.apply(w.h, loss.to(w.h.device), grad_h))
         record = {"update": update, "rows": [w.h.shape[0] for w in works], "seq_len": max(x.shape[1] for x in xs),
                   "tokens": [int(c) for c in counts.tolist()],

@@ -40,6 +40,7 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from models.loss import model_loss
+from runtime.cut import decode, reply_like
 from runtime.optim import apply_gradients
 from runtime.server_batching import BatchAdmission, BatchRunner, Work
 from runtime.server_queue import Admission
@@ -123,7 +124,7 @@ class SplitServer:
             raise RuntimeError("batched serving supports split.shape=vanilla only")
         extra = {} if real is None else {"attn_mask": real.to(self.device) > 0}
         return self._forward(client, h,
-                             lambda x: self.part(x, first_block=self.cuts.get(client, 0), **extra).to(h.dtype))
+                             lambda x: reply_like(self.part(x, first_block=self.cuts.get(client, 0), **extra), h))
 
     def _forward(self, client: int, h: torch.Tensor, run: Any) -> torch.futures.Future:
         return self.admission.submit(client, lambda wait: self._forward_admitted(client, h, run, wait))
@@ -132,15 +133,14 @@ class SplitServer:
         """Runs on the admission thread once ``client`` holds the server."""
         t0 = now()
         marks: list[float] = []
-        # Cut tensors may arrive in a compressed dtype or through host memory.
-        x = h.to(self.device, dtype=torch.float32)
+        x = decode(h, self.device)  # cut tensors may arrive in a compressed dtype or through host memory
         x = stamp(x, marks)  # marks[-1] = when the gradient has crossed the server part
         out = run(x)  # the loss (vanilla) or hidden states (u)
         end_marks: list[float] = []
         out = stamp(out, end_marks)  # end_marks[-1] = server backward starts
         sync(self.device)
         self._pending[client] = {"wait": wait, "server_fwd": now() - t0, "marks": marks, "end_marks": end_marks}
-        return out.to(h.device)
+        return out.to(h.device)  # a loss (vanilla) or already reply_like(h) (u)
 
     def _batch_done(self, record: dict[str, Any]) -> None:
         if record["update"]:

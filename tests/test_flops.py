@@ -111,7 +111,7 @@ def test_lora_parameter_count_matches_built_part():
         for cut in (1, 2, 3):
             client, _ = split_model(model, cut)
             assert client.num_parameters(trainable_only=True) == lora_parameters(TINY, cut, R, targets)
-    assert lora_parameters(PRESETS["gpt2"], 12, 1) == 36864  # the README's GPT2-S figure
+    assert lora_parameters(PRESETS["gpt2"], 12, 1) == 36864  # the GPT2-S figure in docs/how-it-works.md
     assert lora_parameters(PRESETS["gpt2-medium"], 3, 4) == 49152
 
 

@@ -12,7 +12,7 @@ from models.parts import build_keep, finish_part, part_pieces, piece_of
 from models.split import split_model
 from models.split_u import split_model_u
 from runtime.build import build_full_model, build_part
-from runtime.config import build_config
+from runtime.config_build import build_config
 
 N_LAYER = 4  # the tiny preset
 

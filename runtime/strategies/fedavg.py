@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from models.parts import block_of
+from models.pieces import block_of
 from runtime.strategies.base import ClientContext, CommStats, Strategy, average_in_place, flat_allreduce_sum
 
 
