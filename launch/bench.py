@@ -35,6 +35,7 @@ from launch import netsim
 from launch.jobs import Terminated, run_group, sigterm_raises
 from launch.report import JOB_FILE, RunSpec, analyze_run
 from launch.report_build import build_report, load_avg, machine_info
+from runtime.shapes import DEFAULT_SHAPE, SHAPES
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("cenlora", "fedlora", "splitlora")
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--cut", type=int, default=3)
     ap.add_argument("--cut-dtypes", default="fp32", help="SplitLoRA cut dtypes to compare, e.g. fp32,bf16")
-    ap.add_argument("--shapes", default="vanilla", help="SplitLoRA split shapes to compare: vanilla,u")
+    ap.add_argument("--shapes", default=DEFAULT_SHAPE,
+                    help=f"SplitLoRA split shapes to compare, e.g. {','.join(sorted(SHAPES, reverse=True))}")
     ap.add_argument("--aggregate-every", type=int, default=5, help="local steps between aggregations")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the runtime's)")
     ap.add_argument("--order", default="round_robin", choices=("arrival", "round_robin"),
@@ -155,8 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.scaling = _ints(a.scaling)
     a.cut_dtypes = _csv(a.cut_dtypes)
     a.shapes = _csv(a.shapes)
-    if set(a.shapes) - {"vanilla", "u"}:
-        ap.error(f"--shapes: choose from vanilla, u; got {a.shapes}")
+    if set(a.shapes) - set(SHAPES):
+        ap.error(f"--shapes: choose from {', '.join(SHAPES)}; got {a.shapes}")
     bad = [m for m in a.methods if m not in METHODS]
     if bad or not a.methods:
         ap.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
@@ -176,7 +178,7 @@ def plan_jobs(a: argparse.Namespace) -> list[RunSpec]:
     specs = [RunSpec(m, n) for n in sorted({a.clients, *a.scaling}) for m in a.methods]
     if "splitlora" in a.methods:
         specs += [RunSpec("splitlora", a.clients, d) for d in a.cut_dtypes if d != "fp32"]
-        specs += [RunSpec("splitlora", a.clients, "fp32", s) for s in a.shapes if s != "vanilla"]
+        specs += [RunSpec("splitlora", a.clients, "fp32", s) for s in a.shapes if s != DEFAULT_SHAPE]
     return specs
 
 

@@ -38,6 +38,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from runtime.shapes import DEFAULT_SHAPE, get_shape
+
 # RPC round trips per client step (see the module docstring).
 ROUND_TRIPS = {"splitlora": 3, "fedlora": 0, "cenlora": 0}
 
@@ -104,12 +106,12 @@ def parse_profiles(specs: Iterable[str]) -> list[LinkProfile]:
 
 
 def split_round_link_s(p: LinkProfile, n_clients: int, up_bytes: float, down_bytes: float,
-                       shape: str = "vanilla") -> float:
+                       shape: str = DEFAULT_SHAPE) -> float:
     """Link time one SplitLoRA round (every client one step) adds to the run."""
     if n_clients < 1:
         return 0.0
-    # U: half the upload (the gradient at the back end's input) goes up while the server waits.
-    gated_up = up_bytes / 2 if shape == "u" else 0.0
+    # The share of the upload the server waits for (U: the gradient at the back end's input, half).
+    gated_up = up_bytes * get_shape(shape).gated_upload
     gated = (ROUND_TRIPS["splitlora"] - 0.5) * p.rtt_s + p.down_s(down_bytes) + p.up_s(gated_up)
     overlapped = 0.5 * p.rtt_s + p.up_s(up_bytes - gated_up)
     return n_clients * gated + overlapped
@@ -151,7 +153,7 @@ class LinkCost:
 
 
 def link_cost(p: LinkProfile, method: str, n_clients: int, up_bytes: float, down_bytes: float,
-              agg_payload: float, every: int, algo: str = "ring", shape: str = "vanilla") -> LinkCost:
+              agg_payload: float, every: int, algo: str = "ring", shape: str = DEFAULT_SHAPE) -> LinkCost:
     """The link model of one method, from its measured bytes per step and per aggregation."""
     if method == "cenlora":
         return LinkCost(0.0, 0.0, every)

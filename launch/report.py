@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.shapes import DEFAULT_SHAPE
 from runtime.telemetry import summarize
 
 E2E_TRAIN_EXAMPLES = 42_061  # E2E NLG training set: one epoch-equivalent
@@ -39,12 +40,12 @@ class RunSpec:
     method: str
     n_clients: int  # clients; CenLoRA takes n_clients x batch in one process
     cut_dtype: str = "fp32"
-    shape: str = "vanilla"  # SplitLoRA: split.shape (vanilla | u)
+    shape: str = DEFAULT_SHAPE  # SplitLoRA: split.shape (a name in runtime/shapes/)
 
     @property
     def run_id(self) -> str:
         suffix = "" if self.cut_dtype == "fp32" else f"-{self.cut_dtype}"
-        return f"{self.method}-n{self.n_clients}{suffix}" + ("-u" if self.shape == "u" else "")
+        return f"{self.method}-n{self.n_clients}{suffix}" + ("" if self.shape == DEFAULT_SHAPE else f"-{self.shape}")
 
     @property
     def nproc(self) -> int:
@@ -53,7 +54,7 @@ class RunSpec:
 
 def is_main(run: dict[str, Any]) -> bool:
     """A run of the main comparison: fp32 cut, vanilla split (the other runs vary one of them)."""
-    return run["cut_dtype"] == "fp32" and run.get("shape", "vanilla") == "vanilla"
+    return run["cut_dtype"] == "fp32" and run.get("shape", DEFAULT_SHAPE) == DEFAULT_SHAPE
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

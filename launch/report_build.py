@@ -14,6 +14,7 @@ from typing import Any
 
 from launch import netsim
 from launch.report import E2E_TRAIN_EXAMPLES, bytes_per_round, is_main
+from runtime.shapes import DEFAULT_SHAPE, SHAPES
 
 SCHEMA = 1
 METHOD_ORDER = ("cenlora", "fedlora", "splitlora")
@@ -37,12 +38,12 @@ def machine_info(device: str = "cpu", runs: list[dict[str, Any]] | None = None) 
 
 def _sorted(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda r: (r["n_clients"], METHOD_ORDER.index(r["method"]), r["cut_dtype"],
-                                       r.get("shape", "vanilla") != "vanilla"))
+                                       r.get("shape", DEFAULT_SHAPE) != DEFAULT_SHAPE))
 
 
 def _find(runs: list[dict[str, Any]], method: str, n: int, dtype: str = "fp32",
-          shape: str = "vanilla") -> dict[str, Any] | None:
-    return next((r for r in runs if (r["method"], r["n_clients"], r["cut_dtype"], r.get("shape", "vanilla"))
+          shape: str = DEFAULT_SHAPE) -> dict[str, Any] | None:
+    return next((r for r in runs if (r["method"], r["n_clients"], r["cut_dtype"], r.get("shape", DEFAULT_SHAPE))
                  == (method, n, dtype, shape)), None)
 
 
@@ -76,7 +77,7 @@ def scaling(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cut_dtypes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """SplitLoRA runs that differ only in the cut dtype: bytes and losses (same seed)."""
-    split = [r for r in runs if r["method"] == "splitlora" and r.get("shape", "vanilla") == "vanilla"]
+    split = [r for r in runs if r["method"] == "splitlora" and r.get("shape", DEFAULT_SHAPE) == DEFAULT_SHAPE]
     ns = {r["n_clients"] for r in split if r["cut_dtype"] != "fp32"}
     rows = []
     order = {"fp32": 0, "bf16": 1, "fp16": 2}
@@ -93,9 +94,9 @@ def cut_dtypes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def split_shapes(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """SplitLoRA at ``n`` clients, vanilla beside U (fp32 cut): bytes, phase times, losses."""
+    """SplitLoRA at ``n`` clients, each registered shape side by side (fp32 cut): bytes, phase times, losses."""
     rows = []
-    for shape in ("vanilla", "u"):
+    for shape in sorted(SHAPES, key=lambda s: s != DEFAULT_SHAPE):
         r = _find(runs, "splitlora", n, "fp32", shape)
         if r is None:
             continue
@@ -105,13 +106,13 @@ def split_shapes(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
                      "client_ms_median": g["client fwd"]["median"] + g["client bwd"]["median"],
                      "server_ms_median": g["server fwd+bwd"]["median"], "tokens_per_s": r["tokens_per_s"],
                      "loss_last": r["loss"]["last"], "val_loss": r["loss"]["val"]})
-    return rows if len(rows) == 2 else []
+    return rows if len(rows) >= 2 else []
 
 
 def _run_link(run: dict[str, Any], p: netsim.LinkProfile, algo: str) -> netsim.LinkCost:
     agg = run["aggregation"]["up_bytes"]
     return netsim.link_cost(p, run["method"], run["n_clients"], run["cut"]["up_bytes"], run["cut"]["down_bytes"],
-                            agg, run["aggregate_every"], algo, run.get("shape", "vanilla"))
+                            agg, run["aggregate_every"], algo, run.get("shape", DEFAULT_SHAPE))
 
 
 def network(runs: list[dict[str, Any]], n: int, profiles: list[netsim.LinkProfile], algo: str,

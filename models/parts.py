@@ -27,7 +27,7 @@ from .encoder import EncoderClassifier
 from .gpt2 import GPT2
 from .pieces import block_of, piece_of
 
-__all__ = ["ROLES", "block_of", "finish_part", "part_pieces", "build_keep", "piece_of"]
+__all__ = ["ENDS", "ROLES", "block_of", "finish_part", "build_keep", "piece_of"]
 
 ROLES = ("whole", "client", "server")
 
@@ -38,31 +38,6 @@ ENDS: dict[str, tuple[set[str], set[str]]] = {
     "gpt2": ({"transformer.wte", "transformer.wpe"}, {"transformer.ln_f", "lm_head"}),
     "encoder": ({"transformer.emb"}, {"head"}),
 }
-
-
-def part_pieces(n_layer: int, role: str, shape: str = "vanilla", cut: int = 0, head_cut: int | None = None,
-                arch: str = "gpt2") -> set[str]:
-    """The pieces ``role`` holds in a split of ``shape`` (vanilla | u) at ``cut`` (and ``head_cut`` for u),
-    for ``arch`` (gpt2 | encoder)."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    if shape not in ("vanilla", "u"):
-        raise ValueError(f"shape must be vanilla|u, got {shape!r}")
-    head_cut = n_layer if head_cut is None else head_cut
-
-    def blocks(indices: range) -> set[str]:
-        return {f"transformer.h.{i}" for i in indices}
-
-    if arch not in ENDS:
-        raise ValueError(f"arch must be one of {sorted(ENDS)}, got {arch!r}")
-    embeddings, ends = ENDS[arch]
-    if role == "whole":
-        return embeddings | blocks(range(n_layer)) | ends
-    if shape == "vanilla":
-        return embeddings | blocks(range(cut)) if role == "client" else blocks(range(cut, n_layer)) | ends
-    if role == "client":
-        return embeddings | blocks(range(cut)) | blocks(range(head_cut, n_layer)) | ends
-    return blocks(range(cut, head_cut))
 
 
 def build_keep(pieces: set[str]) -> set[str]:

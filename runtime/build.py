@@ -110,7 +110,8 @@ def build_part(cfg: Config, role: str, cut: int | None = None) -> GPT2:
     not skipped. So the parts agree across ranks with no transfer, and a one-client split
     run equals CenLoRA. ``cut``: the client's cut (client), the lowest cut (server).
     """
-    from models.parts import build_keep, finish_part, part_pieces
+    from models.parts import build_keep, finish_part
+    from runtime.shapes import part_pieces
 
     mc = model_config(cfg)
     n_layer, arch = mc.n_layer, model_arch(cfg)

@@ -31,10 +31,12 @@ from runtime.build import (
 )
 from runtime.checkpoint import load_rank, save_rank, set_rng_state
 from runtime.config import Config
+from runtime.cut import CutCodec
 from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.inputs import ClientData, RunPlan
 from runtime.optim import build_optimizer, build_scheduler
 from runtime.roles import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
+from runtime.shapes import get_shape
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
 from runtime.telemetry import now, peak_memory
@@ -72,7 +74,9 @@ class ClientRun:
                                t.label_smoothing, t.grad_clip, before_step=lambda: self.strategy.before_step(self.ctx),
                                after_step=lambda: self.strategy.after_step(self.ctx))
         self.name = f"client{world.rank}"
-        self.via_host = cfg.runtime.cuda_cut == "host"
+        # SplitLoRA: the split shape's step through the server; FedLoRA: a whole model here.
+        self.shape = get_shape(cfg.split.shape) if cfg.method == "splitlora" else None
+        self.codec = CutCodec(cfg.split.cut_dtype, via_host=cfg.runtime.cuda_cut == "host")
         self.slowdown = cfg.runtime.slowdowns(world.n_clients)[world.client_index]  # parsed once, not per step
         self.rounds = 0
         self.comm_total = {"up_bytes": 0, "down_bytes": 0, "up_params": 0, "down_params": 0}
@@ -85,13 +89,10 @@ class ClientRun:
             self.restore(plan.start_step)
 
     def one_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        cfg, stepper, via_host = self.cfg, self.stepper, self.via_host
-        if cfg.method == "splitlora" and cfg.split.shape == "u":
-            return stepper.split_step_u(self.world.rank, batch, cfg.split.cut_dtype, via_host, self.cut,
-                                        head_cut(cfg, self.module.config.n_layer))
-        if cfg.method == "splitlora":
-            return stepper.split_step(self.world.rank, batch, cfg.split.cut_dtype, via_host)
-        return stepper.local_step(batch)
+        if self.shape is None:
+            return self.stepper.local_step(batch)
+        return self.shape.client_step(self.stepper, self.world.rank, batch, self.codec, self.cut,
+                                      head_cut(self.cfg, self.module.config.n_layer))
 
     def probe(self, n: int) -> None:
         """n training steps that update nothing on the server and leave the schedule where it was."""

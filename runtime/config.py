@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.cut import CUT_DTYPES as CUT_CODEC_DTYPES
+from runtime.shapes import DEFAULT_SHAPE, SHAPES, get_shape
 
 METHODS = ("cenlora", "splitlora", "fedlora")
 CUT_DTYPES = tuple(CUT_CODEC_DTYPES)  # split.cut_dtype values
@@ -131,7 +132,7 @@ class SplitConfig:
     client_cuts: str = ""  # per-client cuts, e.g. "2,3,6" (heterogeneous clients); "" = `cut` for all
     # vanilla: the server holds blocks cut.. + ln_f + head and computes the loss (the client sends targets);
     # u: the client also holds the end (blocks head_cut.., ln_f, head, loss); only hidden states cross
-    shape: str = "vanilla"
+    shape: str = DEFAULT_SHAPE  # a registered split shape (runtime/shapes/)
     head_cut: int = 0  # u: first block of the client's back end; 0 = n_layer (back end = ln_f + head only)
     # Batched serving (runtime/server_batching.py): one server forward/backward/update over every
     # waiting client's activations; off = one client at a time, one server update per client step
@@ -147,14 +148,21 @@ class SplitConfig:
     def __post_init__(self) -> None:
         _check(self.cut_dtype in CUT_DTYPES, f"split.cut_dtype must be one of {CUT_DTYPES}, got {self.cut_dtype!r}")
         _check(self.cut >= 0, f"split.cut must be >= 0, got {self.cut}")
-        _check(self.shape in ("vanilla", "u"), f"split.shape must be vanilla|u, got {self.shape!r}")
+        try:
+            shape = get_shape(self.shape)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         _check(self.head_cut >= 0, f"split.head_cut must be >= 0 (0 = n_layer), got {self.head_cut}")
-        _check(self.shape == "u" or self.head_cut == 0, "split.head_cut applies to split.shape=u only")
+        uses = [n for n, s in SHAPES.items() if s.uses_head_cut]
+        _check(shape.uses_head_cut or self.head_cut == 0,
+               f"split.head_cut applies to split.shape={'|'.join(uses)} only")
         _check(self.batch_window_ms >= 0, f"split.batch_window_ms must be >= 0, got {self.batch_window_ms}")
         _check(self.max_batch_clients >= 0, f"split.max_batch_clients must be >= 0 (0 = no cap), "
                                             f"got {self.max_batch_clients}")
-        _check(not self.server_batching or self.shape == "vanilla",
-               "split.server_batching supports split.shape=vanilla only (the U shape serves one client at a time)")
+        batched = [n for n, s in SHAPES.items() if s.batched_serving]
+        _check(not self.server_batching or shape.batched_serving,
+               f"split.server_batching supports split.shape={'|'.join(batched)} only (split.shape={self.shape} "
+               "is served one client at a time)")
         try:
             self.cuts(1)
         except ValueError:
@@ -383,13 +391,9 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
         _check(1 <= cfg.split.cut <= n_layer - 1,
                f"split.cut must be in [1, {n_layer - 1}] for a {n_layer}-block model "
                f"(client holds blocks 0..cut-1, server the rest), got {cfg.split.cut}")
-        if cfg.split.shape == "u":
-            head = cfg.split.head_cut or n_layer
-            _check(cfg.split.cut < head <= n_layer,
-                   f"split.head_cut must be in [{cfg.split.cut + 1}, {n_layer}] (0 = {n_layer}): the server holds "
-                   f"blocks cut..head_cut-1, at least one; got {cfg.split.head_cut}")
-            _check(not cfg.split.client_cuts, "split.client_cuts (per-client cuts) is not implemented for "
-                                              "split.shape=u; use one split.cut for every client")
+        for problem in get_shape(cfg.split.shape).problems(n_layer, cfg.split.cut, cfg.split.head_cut,
+                                                           bool(cfg.split.client_cuts)):
+            _check(False, problem)
         if cfg.split.client_cuts:
             cuts = cfg.split.cuts(world_size - 1)
             _check(len(cuts) == world_size - 1,
@@ -428,10 +432,12 @@ def _check_lora_layers(cfg: Config, world_size: int, n_layer: int) -> None:
     _check(max(layers) < n_layer, f"lora.layers names block {max(layers)}; the model has blocks 0..{n_layer - 1}")
     if cfg.method != "splitlora":
         return  # cenlora/fedlora: one whole model per process
-    head = (cfg.split.head_cut or n_layer) if cfg.split.shape == "u" else n_layer
+    shape = get_shape(cfg.split.shape)
     for cut in sorted(set(cfg.split.cuts(world_size - 1))):
-        client = [i for i in layers if i < cut or i >= head]
-        server = [i for i in layers if cut <= i < head]
+        served = shape.server_blocks(n_layer, cut, cfg.split.head_cut)
+        client = [i for i in layers if i not in served]
+        server = [i for i in layers if i in served]
+        head = served.stop
         back = f" and {head}..{n_layer - 1}" if head < n_layer else ""
         _check(bool(client), f"lora.layers={cfg.lora.layers!r} leaves the clients with cut {cut} no adapter "
                              f"(they hold blocks 0..{cut - 1}{back})")

@@ -9,12 +9,13 @@ one order everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from runtime.config import Config
+if TYPE_CHECKING:  # the schema imports the shapes, whose server imports this module
+    from runtime.config import Config
 
 
 def build_optimizer(cfg: Config, params: Iterable[nn.Parameter] | list[dict[str, Any]],

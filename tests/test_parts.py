@@ -8,11 +8,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.gpt2 import GPT2, GPT2Config
 from models.init_replay import replay_draws
-from models.parts import build_keep, finish_part, part_pieces, piece_of
+from models.parts import build_keep, finish_part, piece_of
 from models.split import split_model
 from models.split_u import split_model_u
 from runtime.build import build_full_model, build_part
 from runtime.config_build import build_config
+from runtime.shapes import part_pieces
 
 N_LAYER = 4  # the tiny preset
 

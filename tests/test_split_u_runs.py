@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from runtime.split_server import RECORD_ENV
 from runtime.strategies import STRATEGIES
-from tests.torchrun_util import torchrun
+from tests.torchrun_util import REPO, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +88,24 @@ def test_every_strategy_trains_in_u_shape(tmp_path, strategy):
     assert len(aggs) == 2 * 2
     client = torch.load(run.run_dir / "ckpt/step_6/client1.pt", weights_only=True)["lora"]
     assert {k.split(".")[2] for k in client} == {"0", "3"}  # the back end's adapters are the client's too
+
+
+def test_a_third_shape_is_one_registered_class(tmp_path):
+    """tests/toy_logits_shape.py registers a shape (the server returns logits; the loss and the labels
+    stay on the client) with no change to the runtime: it trains like the vanilla split (same pieces,
+    the same loss up to summation order) and no integer tensor reaches the server."""
+    record = tmp_path / "logits.jsonl"
+    common = ["--method=splitlora", "--split.cut=2", "--train.max_steps=4", "--lora.dropout=0", "--model.dropout=0",
+              "--runtime.order=round_robin"]
+    env = {"PYTHONPATH": str(REPO / "tests"), RECORD_ENV: str(record)}
+    toy = torchrun(2, [*common, "--split.shape=logits"], tmp_path, "logits", env=env, module="toy_logits_shape")
+    vanilla = torchrun(2, common, tmp_path, "vanilla")
+    assert toy.rc == 0 and vanilla.rc == 0, (toy.stderr[-3000:], vanilla.stderr[-2000:])
+    a = load_file(str(toy.run_dir / "model/lora.safetensors"))
+    b = load_file(str(vanilla.run_dir / "model/lora.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(calls) == 4 and {c["call"] for c in calls} == {"server_forward_hidden"}
+    assert all(t["floating"] for c in calls for t in c["tensors"])

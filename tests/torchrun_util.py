@@ -33,9 +33,10 @@ class Run:
 
 
 def torchrun(nproc: int, args: list[str], out_dir: Path, name: str = "run", timeout: float = 180,
-             env: dict[str, str] | None = None) -> Run:
+             env: dict[str, str] | None = None, module: str = "launch.train") -> Run:
+    """``module``: the entry point (``launch.train``, or a test module that wraps it)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "launch.train", *FAST, f"--out.dir={out_dir}", f"--out.name={name}", *args]
+           "-m", module, *FAST, f"--out.dir={out_dir}", f"--out.name={name}", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("SPLITLORA_DATA", None)
     # Its own process group: a timeout or an interrupt ends the ranks too, not only torchrun.
