@@ -52,7 +52,7 @@ class Coordinator:
     def finish(self, client: int, summary: dict[str, Any]) -> None:
         if self.watchdog is not None:
             self.watchdog.forget(f"client{client}")
-        server = split_server._SERVER
+        server = split_server.current()
         if server is not None:
             server.retire(client)
         with self._lock:
@@ -61,7 +61,7 @@ class Coordinator:
 
     def drop(self, client: int, reason: str) -> None:
         """fed.on_client_failure=continue: go on without a client that died."""
-        server = split_server._SERVER
+        server = split_server.current()
         if server is not None:
             server.retire(client)
         with self._lock:

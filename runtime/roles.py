@@ -224,7 +224,7 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
             set_rng_state(state["rng"])
 
     def on_checkpoint(step: int) -> None:
-        srv = split_server._SERVER
+        srv = split_server.current()
         if srv is not None:
             save_rank(run_dir, step, "server", {"lora": srv.lora_state(), "optimizer": srv.opt.state_dict(),
                                                "scheduler": srv.sched.state_dict(), "server_steps": srv.steps})
@@ -258,10 +258,10 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     val = next((c.get("val_loss") for c in coord.finished.values() if c.get("val_loss") is not None), None)
     summary = _summary(cfg, plan, records, wall, val, clients)
     summary["eval"] = next((c.get("eval") for c in coord.finished.values() if c.get("eval")), None)
-    srv = split_server._SERVER
+    srv = split_server.current()
     summary["server_memory"] = peak_memory(world.device, srv.part if srv is not None else None)
     if srv is not None:  # one update per client step (sequential) or per batch (batched)
-        summary["server"] = {"mode": "batched" if srv.batching else "sequential", "updates": srv.steps}
+        summary["server"] = {"mode": srv.mode.name, "updates": srv.steps}
     summary["dropped_clients"] = {str(k): v for k, v in coord.dropped.items()}
     split_server.install(None)
     coordinator.install(None)

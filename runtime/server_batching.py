@@ -39,6 +39,7 @@ from models.loss import model_loss_groups
 from runtime.cut import decode, reply_like
 from runtime.optim import apply_gradients
 from runtime.server_queue import Admission, _Request
+from runtime.serving import ServerTimings, ServingMode
 from runtime.telemetry import now, sync
 
 
@@ -188,3 +189,40 @@ class BatchAdmission(Admission):
             self.on_batch(record)
         for (_, request), loss in zip(taken, losses):
             request.future.set_result(loss)
+
+
+class BatchedServing(ServingMode):
+    """The serving mode over ``BatchRunner`` + ``BatchAdmission`` (vanilla shape, one cut for all)."""
+
+    name = "batched"
+
+    def __init__(self, part: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device, clients: list[int],
+                 order: str, label_smoothing: float, timeout: float, first_block: int, window_s: float,
+                 max_clients: int = 0, on_batch: Any = None) -> None:
+        self.runner = BatchRunner(part, optimizer, scheduler, device, label_smoothing, first_block=first_block)
+        self.on_batch = on_batch  # callback(record) after every batch (the run's metrics.jsonl)
+        self.admission = BatchAdmission(list(clients), order, timeout, self.runner, window_s=window_s,
+                                        max_clients=max_clients, on_batch=self._batch_done)
+        self.updates = 0
+
+    def _batch_done(self, record: dict[str, Any]) -> None:
+        self.updates += int(record["update"])
+        if self.on_batch is not None:
+            self.on_batch(record)
+
+    def forward_loss(self, client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor,
+                     update: bool, first_block: int) -> torch.futures.Future:
+        return self.admission.submit_work(client, Work(h, targets, loss_mask, update))
+
+    def step(self, client: int, context_id: int, apply: bool) -> ServerTimings:
+        """The batch has already updated the server; only its timings are returned."""
+        t = self.admission.timings.pop(client)
+        return ServerTimings(t["server_wait"], t["server_fwd"], t["server_bwd"], t["server_opt"], batched=True)
+
+    def retire(self, client: int) -> None:
+        self.admission.retire(client)
+        self.admission.timings.pop(client, None)
+
+    def close(self) -> None:
+        self.admission.close()

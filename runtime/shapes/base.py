@@ -18,6 +18,7 @@ import torch.distributed.rpc as rpc
 from models.parts import ENDS, ROLES
 from runtime import split_server
 from runtime.cut import CutCodec
+from runtime.serving import ServerTimings
 
 SHAPES: dict[str, type[SplitShape]] = {}
 DEFAULT_SHAPE = "vanilla"
@@ -87,7 +88,7 @@ class SplitShape:
         raise NotImplementedError
 
 
-def server_step(stepper: Any, rank: int, ctx: int) -> dict[str, float]:
+def server_step(stepper: Any, rank: int, ctx: int) -> ServerTimings:
     """The server applies this context's gradients; the client collects its own."""
     server_times = rpc.rpc_sync(stepper.server, split_server.server_step, args=(rank, ctx, stepper.update_server))
     grads = dist_autograd.get_gradients(ctx)

@@ -73,11 +73,11 @@ class U(SplitShape):
         back = front_marks[-1] if front_marks else t4
         times = {
             "client_fwd": (t1 - t0) + (t3 - t2),
-            "server_wait": server_times["server_wait"],
-            "cut_up": max(0.0, (t2 - t1) - server_times["server_wait"] - server_times["server_fwd"]),
-            "server_fwd": server_times["server_fwd"],
-            "server_bwd": server_times["server_bwd"],
-            "cut_down": max(0.0, (back - sent_up) - server_times["server_bwd"]),
+            "server_wait": server_times.server_wait,
+            "cut_up": max(0.0, (t2 - t1) - server_times.server_wait - server_times.server_fwd),
+            "server_fwd": server_times.server_fwd,
+            "server_bwd": server_times.server_bwd,
+            "cut_down": max(0.0, (back - sent_up) - server_times.server_bwd),
             "client_bwd": (sent_up - t3) + (t4 - back),
             "server_opt": t5 - t4,
             "client_opt": t6 - t5,
@@ -85,6 +85,6 @@ class U(SplitShape):
         # Up: the front's activations + the gradient at the back end's input (mid's shape and
         # dtype); down: mid + the gradient at the front's output (send's). No integer tensor.
         return {"loss": float(loss.item()), "time": times, "step_time": t6 - t0,
-                "server_opt_compute": server_times["server_opt"],
+                "server_opt_compute": server_times.server_opt,
                 "bytes_up": tensor_bytes(send, mid, *real), "bytes_down": tensor_bytes(mid, send),
                 "activation_bytes": tensor_bytes(send)}

@@ -51,22 +51,22 @@ class Vanilla(SplitShape):
         back = marks[-1] if marks else t3
         # Sequential: the server's backward runs inside the client's distributed backward;
         # batched: its forward, backward and update all run before the loss comes back.
-        batched = bool(server_times.get("batched"))
-        before_reply = server_times["server_fwd"] + (server_times["server_bwd"] + server_times["server_opt"]
+        batched = server_times.batched
+        before_reply = server_times.server_fwd + (server_times.server_bwd + server_times.server_opt
                                                       if batched else 0.0)
         times = {
             "client_fwd": t1 - t0,
-            "server_wait": server_times["server_wait"],
-            "cut_up": max(0.0, (t2 - t1) - server_times["server_wait"] - before_reply),
-            "server_fwd": server_times["server_fwd"],
-            "server_bwd": server_times["server_bwd"],
-            "cut_down": max(0.0, (back - t2) - (0.0 if batched else server_times["server_bwd"])),
+            "server_wait": server_times.server_wait,
+            "cut_up": max(0.0, (t2 - t1) - server_times.server_wait - before_reply),
+            "server_fwd": server_times.server_fwd,
+            "server_bwd": server_times.server_bwd,
+            "cut_down": max(0.0, (back - t2) - (0.0 if batched else server_times.server_bwd)),
             "client_bwd": t3 - back,
             "server_opt": t4 - t3,  # the server_step round trip (incl. the server's own optimizer)
             "client_opt": t5 - t4,
         }
         # Up: activations + targets + mask; down: the activation gradient (same dtype/shape as `send`).
         return {"loss": float(loss.item()), "time": times, "step_time": t5 - t0,
-                "server_opt_compute": server_times["server_opt"],  # inside server_opt: not a phase of its own
+                "server_opt_compute": server_times.server_opt,  # inside server_opt: not a phase of its own
                 "bytes_up": tensor_bytes(send, targets, mask), "bytes_down": tensor_bytes(send),
                 "activation_bytes": tensor_bytes(send)}
