@@ -99,6 +99,31 @@ def load_rank(run_dir: Path, step: int, name: str) -> dict[str, Any]:
     return state
 
 
+class RoleCheckpoint:
+    """The one checkpoint schema of a role's file (``ckpt/step_<n>/<name>.pt``): its trained
+    state (``lora``), ``optimizer`` and ``scheduler`` state, the role's extras (a client's
+    strategy state and counters, the server's update count), plus ``step``, ``rng`` and
+    ``format`` (``save_rank``). CenLoRA, the server and every client save and restore through it."""
+
+    def __init__(self, run_dir: Path, name: str) -> None:
+        self.run_dir, self.name = run_dir, name
+
+    def save(self, step: int, lora: dict[str, Any], optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, **extra: Any) -> Path:
+        return save_rank(self.run_dir, step, self.name, {"lora": lora, "optimizer": optimizer.state_dict(),
+                                                         "scheduler": scheduler.state_dict(), **extra})
+
+    def restore(self, step: int, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+        """Load the optimizer, schedule and random state of ``step``; returns the file's state, whose
+        ``lora`` and extras the role loads itself (none of that draws random numbers)."""
+        state = load_rank(self.run_dir, step, self.name)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        return state
+
+
 def _get(tree: dict[str, Any], dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):

@@ -29,7 +29,7 @@ from runtime.build import (
     set_threads,
     trained_state,
 )
-from runtime.checkpoint import load_rank, save_rank, set_rng_state
+from runtime.checkpoint import RoleCheckpoint
 from runtime.config import Config
 from runtime.cut import CutCodec
 from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
@@ -74,6 +74,7 @@ class ClientRun:
                                t.label_smoothing, t.grad_clip, before_step=lambda: self.strategy.before_step(self.ctx),
                                after_step=lambda: self.strategy.after_step(self.ctx))
         self.name = f"client{world.rank}"
+        self.checkpoint = RoleCheckpoint(run_dir, self.name)
         # SplitLoRA: the split shape's step through the server; FedLoRA: a whole model here.
         self.shape = get_shape(cfg.split.shape) if cfg.method == "splitlora" else None
         self.codec = CutCodec(cfg.split.cut_dtype, via_host=cfg.runtime.cuda_cut == "host")
@@ -112,15 +113,12 @@ class ClientRun:
                 g["lr"] = lr
 
     def restore(self, step: int) -> None:
-        state = load_rank(self.run_dir, step, self.name)
+        state = self.checkpoint.restore(step, self.opt, self.stepper.sched)
         load_trained_state(self.module, state["lora"], self.cfg)
         if state.get("base"):
             self.module.load_state_dict(state["base"], strict=False)
-        self.opt.load_state_dict(state["optimizer"])
-        self.stepper.sched.load_state_dict(state["scheduler"])
         self.strategy.load_state_dict(state["strategy"])
         self.rounds, self.probe_pos, self.comm_total = state["rounds"], state["probe_pos"], dict(state["comm_total"])
-        set_rng_state(state["rng"])
 
     def collective(self, fn: Callable[[], T]) -> T:
         """A client-group collective that survives one dead client under ``fed.on_client_failure=continue``."""
@@ -145,10 +143,9 @@ class ClientRun:
         module = self.module
         base = ({k: v for k, v in module.state_dict().items() if ".adapters." not in k}
                 if self.strategy.modifies_base else {})
-        save_rank(self.run_dir, step, self.name, {
-            "lora": trained_state(module, self.cfg), "base": base, "optimizer": self.opt.state_dict(),
-            "scheduler": self.stepper.sched.state_dict(), "strategy": self.strategy.state_dict(),
-            "rounds": self.rounds, "probe_pos": self.probe_pos, "comm_total": self.comm_total})
+        self.checkpoint.save(step, trained_state(module, self.cfg), self.opt, self.stepper.sched, base=base,
+                             strategy=self.strategy.state_dict(), rounds=self.rounds, probe_pos=self.probe_pos,
+                             comm_total=self.comm_total)
         self.collective(lambda: group_barrier(self.ctx.group, self.world.device))  # every client has written its file
         if self.world.rank == self.live[0]:
             rpc.rpc_sync(SERVER, coordinator.coord_checkpoint, args=(step,))  # server file + ckpt/latest

@@ -26,7 +26,7 @@ from runtime.build import (
     trainable_parameters,
     trained_state,
 )
-from runtime.checkpoint import load_rank, mark_latest, save_rank, set_rng_state
+from runtime.checkpoint import RoleCheckpoint, mark_latest
 from runtime.config import Config
 from runtime.dist import World, abort, client_name, world_barrier
 from runtime.inputs import RunPlan, load_client_data
@@ -154,12 +154,9 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
     opt = build_optimizer(cfg, params)
     stepper = Stepper(model, opt, build_scheduler(cfg, opt, plan.local_steps), device,
                       cfg.train.label_smoothing, cfg.train.grad_clip)
+    checkpoint = RoleCheckpoint(run_dir, "cenlora")
     if plan.start_step:
-        state = load_rank(run_dir, plan.start_step, "cenlora")
-        load_trained_state(model, state["lora"], cfg)
-        opt.load_state_dict(state["optimizer"])
-        stepper.sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        load_trained_state(model, checkpoint.restore(plan.start_step, opt, stepper.sched)["lora"], cfg)
     writer = MetricsWriter(run_dir / "metrics.jsonl", cfg.out.tensorboard)
     coord = coordinator.Coordinator(writer, 1, plan.local_steps - plan.start_step)
     records = []
@@ -178,8 +175,7 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
         if test_due(cfg, step + 1):
             coord.log([test_record(model, data, device, step + 1)])
         if plan.checkpoint_due(cfg, step + 1):
-            save_rank(run_dir, step + 1, "cenlora", {"lora": trained_state(model, cfg), "optimizer": opt.state_dict(),
-                                                     "scheduler": stepper.sched.state_dict()})
+            checkpoint.save(step + 1, trained_state(model, cfg), opt, stepper.sched)
             mark_latest(run_dir, step + 1)
     wall = now() - t_start
     coord.close()
@@ -202,32 +198,14 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     writer = MetricsWriter(run_dir / "metrics.jsonl", cfg.out.tensorboard)
     coord = coordinator.Coordinator(writer, world.n_clients, (plan.local_steps - plan.start_step) * world.n_clients)
     coordinator.install(coord)
+    checkpoint = RoleCheckpoint(run_dir, "server")
     if cfg.method == "splitlora":
-        cuts = cfg.split.cuts(world.n_clients)
-        part = build_server_part(cfg, min(cuts)).to(world.device)
-        part.train()
-        params = trainable_parameters(part)
-        opt = build_optimizer(cfg, params)
-        # The server steps once per client step: K clients x local steps in total.
-        sched = build_scheduler(cfg, opt, plan.local_steps * world.n_clients)
-        server = split_server.SplitServer(
-            part, opt, sched, device=world.device, clients=list(range(1, world.world_size)),
-            order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout,
-            cuts={rank: cuts[rank - 1] for rank in range(1, world.world_size)}, batching=_batching(cfg, coord))
-        split_server.install(server)
-        if plan.start_step:
-            state = load_rank(run_dir, plan.start_step, "server")
-            load_lora_state_dict(part, state["lora"], strict=True)
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            server.steps = state["server_steps"]
-            set_rng_state(state["rng"])
+        _start_split_server(cfg, world, plan, coord, checkpoint)
 
     def on_checkpoint(step: int) -> None:
         srv = split_server.current()
         if srv is not None:
-            save_rank(run_dir, step, "server", {"lora": srv.lora_state(), "optimizer": srv.opt.state_dict(),
-                                               "scheduler": srv.sched.state_dict(), "server_steps": srv.steps})
+            checkpoint.save(step, srv.lora_state(), srv.opt, srv.sched, server_steps=srv.steps)
         mark_latest(run_dir, step)
 
     coord.on_checkpoint = on_checkpoint
@@ -266,6 +244,28 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     split_server.install(None)
     coordinator.install(None)
     return summary
+
+
+
+def _start_split_server(cfg: Config, world: World, plan: RunPlan, coord: coordinator.Coordinator,
+                        checkpoint: RoleCheckpoint) -> None:
+    """Build the server part, its optimizer and schedule, install the SplitServer; restore on resume."""
+    cuts = cfg.split.cuts(world.n_clients)
+    part = build_server_part(cfg, min(cuts)).to(world.device)
+    part.train()
+    params = trainable_parameters(part)
+    opt = build_optimizer(cfg, params)
+    # The server steps once per client step: K clients x local steps in total.
+    sched = build_scheduler(cfg, opt, plan.local_steps * world.n_clients)
+    server = split_server.SplitServer(
+        part, opt, sched, device=world.device, clients=list(range(1, world.world_size)),
+        order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout,
+        cuts={rank: cuts[rank - 1] for rank in range(1, world.world_size)}, batching=_batching(cfg, coord))
+    split_server.install(server)
+    if plan.start_step:
+        state = checkpoint.restore(plan.start_step, opt, sched)
+        load_lora_state_dict(part, state["lora"], strict=True)
+        server.steps = state["server_steps"]
 
 
 def _batching(cfg: Config, coord: coordinator.Coordinator) -> split_server.Batching | None:
