@@ -35,7 +35,7 @@ from launch import netsim
 from launch.jobs import Terminated, run_group, sigterm_raises
 from launch.report import JOB_FILE, RunSpec, analyze_run
 from launch.report_build import build_report, load_avg, machine_info
-from runtime.shapes import DEFAULT_SHAPE, SHAPES
+from runtime.split.shapes import DEFAULT_SHAPE, SHAPES
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("cenlora", "fedlora", "splitlora")

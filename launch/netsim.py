@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from runtime.shapes import DEFAULT_SHAPE, get_shape
+from runtime.split.shapes import DEFAULT_SHAPE, get_shape
 
 # RPC round trips per client step (see the module docstring).
 ROUND_TRIPS = {"splitlora": 3, "fedlora": 0, "cenlora": 0}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.shapes import DEFAULT_SHAPE
+from runtime.split.shapes import DEFAULT_SHAPE
 from runtime.telemetry import summarize
 
 E2E_TRAIN_EXAMPLES = 42_061  # E2E NLG training set: one epoch-equivalent
@@ -40,7 +40,7 @@ class RunSpec:
     method: str
     n_clients: int  # clients; CenLoRA takes n_clients x batch in one process
     cut_dtype: str = "fp32"
-    shape: str = DEFAULT_SHAPE  # SplitLoRA: split.shape (a name in runtime/shapes/)
+    shape: str = DEFAULT_SHAPE  # SplitLoRA: split.shape (a name in runtime/split/shapes/)
 
     @property
     def run_id(self) -> str:

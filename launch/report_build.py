@@ -14,7 +14,7 @@ from typing import Any
 
 from launch import netsim
 from launch.report import E2E_TRAIN_EXAMPLES, bytes_per_round, is_main
-from runtime.shapes import DEFAULT_SHAPE, SHAPES
+from runtime.split.shapes import DEFAULT_SHAPE, SHAPES
 
 SCHEMA = 1
 METHOD_ORDER = ("cenlora", "fedlora", "splitlora")

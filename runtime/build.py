@@ -111,7 +111,7 @@ def build_part(cfg: Config, role: str, cut: int | None = None) -> GPT2:
     run equals CenLoRA. ``cut``: the client's cut (client), the lowest cut (server).
     """
     from models.parts import build_keep, finish_part
-    from runtime.shapes import part_pieces
+    from runtime.split.shapes import part_pieces
 
     mc = model_config(cfg)
     n_layer, arch = mc.n_layer, model_arch(cfg)

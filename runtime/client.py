@@ -18,7 +18,7 @@ import torch.distributed.rpc as rpc
 
 from models.lora import load_lora_state_dict
 from models.pieces import block_of
-from runtime import coordinator, split_server
+from runtime import coordinator
 from runtime.aggregate import client_weights
 from runtime.artifacts import save_model
 from runtime.build import (
@@ -31,12 +31,13 @@ from runtime.build import (
 )
 from runtime.checkpoint import RoleCheckpoint
 from runtime.config import Config
-from runtime.cut import CutCodec
 from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.inputs import ClientData, RunPlan
 from runtime.optim import build_optimizer, build_scheduler
 from runtime.roles import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
-from runtime.shapes import get_shape
+from runtime.split import server as split_server
+from runtime.split.cut import CutCodec
+from runtime.split.shapes import get_shape
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
 from runtime.telemetry import now, peak_memory

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.cut import CUT_DTYPES as CUT_CODEC_DTYPES
-from runtime.shapes import DEFAULT_SHAPE, SHAPES, get_shape
+from runtime.split.cut import CUT_DTYPES as CUT_CODEC_DTYPES
+from runtime.split.shapes import DEFAULT_SHAPE, SHAPES, get_shape
 
 METHODS = ("cenlora", "splitlora", "fedlora")
 CUT_DTYPES = tuple(CUT_CODEC_DTYPES)  # split.cut_dtype values
@@ -132,9 +132,9 @@ class SplitConfig:
     client_cuts: str = ""  # per-client cuts, e.g. "2,3,6" (heterogeneous clients); "" = `cut` for all
     # vanilla: the server holds blocks cut.. + ln_f + head and computes the loss (the client sends targets);
     # u: the client also holds the end (blocks head_cut.., ln_f, head, loss); only hidden states cross
-    shape: str = DEFAULT_SHAPE  # a registered split shape (runtime/shapes/)
+    shape: str = DEFAULT_SHAPE  # a registered split shape (runtime/split/shapes/)
     head_cut: int = 0  # u: first block of the client's back end; 0 = n_layer (back end = ln_f + head only)
-    # Batched serving (runtime/server_batching.py): one server forward/backward/update over every
+    # Batched serving (runtime/split/batching.py): one server forward/backward/update over every
     # waiting client's activations; off = one client at a time, one server update per client step
     server_batching: bool = False
     batch_window_ms: float = 20.0  # arrival order: a batch closes this long after its first request at the latest

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from runtime import split_server
+from runtime.split import server as split_server
 from runtime.telemetry import MetricsWriter
 
 _COORD: Coordinator | None = None

@@ -109,7 +109,7 @@ def choose_client_backend(requested: str, client_devices: list[str]) -> tuple[st
 
 
 def rpc_threads(cfg: Config, n_clients: int) -> int:
-    # A waiting client holds no RPC thread (runtime/server_queue.py answers with a future), but
+    # A waiting client holds no RPC thread (runtime/split/admission.py answers with a future), but
     # the distributed backward, server steps and coordinator calls of every client run in the
     # pool at once: keep it well above the clients.
     return cfg.runtime.rpc_threads or max(16, 2 * n_clients + 8)

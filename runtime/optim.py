@@ -1,7 +1,7 @@
 """The optimizer, its schedule and the one way every role applies gradients.
 
 CenLoRA, FedLoRA and SplitLoRA clients (``runtime/steps.py``), the sequential server
-(``runtime/split_server.py``) and the batched server (``runtime/server_batching.py``) all
+(``runtime/split/server.py``) and the batched server (``runtime/split/batching.py``) all
 update through ``apply_gradients``, so clipping, strategy hooks and the schedule happen in
 one order everywhere.
 """

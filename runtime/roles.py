@@ -15,7 +15,7 @@ import torch
 
 from models.lora import load_lora_state_dict
 from models.loss import model_loss
-from runtime import coordinator, split_server
+from runtime import coordinator
 from runtime.artifacts import save_model
 from runtime.build import (
     build_full_model,
@@ -31,6 +31,7 @@ from runtime.config import Config
 from runtime.dist import World, abort, client_name, world_barrier
 from runtime.inputs import RunPlan, load_client_data
 from runtime.optim import build_optimizer, build_scheduler
+from runtime.split import server as split_server
 from runtime.steps import Stepper
 from runtime.telemetry import MetricsWriter, now, peak_memory, summarize
 from runtime.watchdog import Watchdog

@@ -1,7 +1,7 @@
 """One training step with its phase timings.
 
 ``Stepper.local_step`` is a whole model in one process (CenLoRA, FedLoRA clients). A
-SplitLoRA client's step belongs to its split shape (``runtime/shapes/``:
+SplitLoRA client's step belongs to its split shape (``runtime/split/shapes/``:
 ``shape.client_step(stepper, ...)``), which uses the same ``Stepper`` for its part,
 optimizer and schedule.
 """

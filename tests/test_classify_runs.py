@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from runtime.checkpoint import mark_latest
-from runtime.split_server import RECORD_ENV
+from runtime.split.server import RECORD_ENV
 from runtime.strategies import STRATEGIES
 from tests.torchrun_util import torchrun
 

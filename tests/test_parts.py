@@ -13,7 +13,7 @@ from models.split import split_model
 from models.split_u import split_model_u
 from runtime.build import build_full_model, build_part
 from runtime.config_build import build_config
-from runtime.shapes import part_pieces
+from runtime.split.shapes import part_pieces
 
 N_LAYER = 4  # the tiny preset
 

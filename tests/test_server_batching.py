@@ -12,7 +12,7 @@ import torch
 from models.lora import LoRAConfig, apply_lora, iter_lora_adapters
 from models.loss import model_loss, model_loss_groups
 from models.split import split_model
-from runtime.server_batching import BatchAdmission, BatchRunner, Work
+from runtime.split.batching import BatchAdmission, BatchRunner, Work
 
 CUT = 1
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runtime.split_server import RECORD_ENV
+from runtime.split.server import RECORD_ENV
 from runtime.strategies import STRATEGIES
 from tests.torchrun_util import REPO, torchrun
 

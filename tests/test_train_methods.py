@@ -42,7 +42,7 @@ def test_split_bytes_across_the_cut(tmp_path):
 
 def test_one_client_split_equals_centralized(tmp_path):
     """The cut is invisible: K steps of SplitLoRA with one client == K steps of CenLoRA,
-    with the sequential server and with the batched one (runtime/server_batching.py)."""
+    with the sequential server and with the batched one (runtime/split/batching.py)."""
     common = ["--train.max_steps=6", "--lora.dropout=0", "--model.dropout=0", "--data.partition=contiguous",
               "--runtime.order=round_robin"]
     cen = torchrun(1, ["--method=cenlora", *common], tmp_path, "cen")

@@ -13,9 +13,9 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from models.loss import lm_loss
-from runtime import split_server
-from runtime.cut import CutCodec, decode
-from runtime.shapes.base import SplitShape, register_shape, server_step
+from runtime.split import server as split_server
+from runtime.split.cut import CutCodec, decode
+from runtime.split.shapes.base import SplitShape, register_shape, server_step
 from runtime.telemetry import now, tensor_bytes
 
 
@@ -35,8 +35,8 @@ class Logits(SplitShape):
             dist_autograd.backward(ctx, [loss])
             server_times = server_step(stepper, rank, ctx)
         stepper.apply()
-        return {"loss": float(loss.item()), "time": {"server_fwd": server_times["server_fwd"]},
-                "step_time": now() - t0, "server_opt_compute": server_times["server_opt"],
+        return {"loss": float(loss.item()), "time": {"server_fwd": server_times.server_fwd},
+                "step_time": now() - t0, "server_opt_compute": server_times.server_opt,
                 "bytes_up": tensor_bytes(send, logits), "bytes_down": tensor_bytes(logits, send),
                 "activation_bytes": tensor_bytes(send)}
 

@@ -1,10 +1,10 @@
 """How the SplitLoRA server serves its clients: a serving mode behind one interface.
 
-``SplitServer`` (``runtime/split_server.py``) only dispatches to its mode:
+``SplitServer`` (``runtime/split/server.py``) only dispatches to its mode:
 
 - ``SequentialServing`` (here): one client at a time, one server update per client step.
-  A client holds the server from its forward to its step (admission: ``runtime/server_queue.py``).
-- ``BatchedServing`` (``runtime/server_batching.py``): the waiting clients' activations in one
+  A client holds the server from its forward to its step (admission: ``runtime/split/admission.py``).
+- ``BatchedServing`` (``runtime/split/batching.py``): the waiting clients' activations in one
   forward, backward and update.
 
 Every mode answers the same calls — ``forward_loss`` (vanilla shape), ``forward_hidden`` (shapes
@@ -21,9 +21,9 @@ import torch
 import torch.distributed.autograd as dist_autograd
 
 from models.loss import model_loss
-from runtime.cut import decode, reply_like
 from runtime.optim import apply_gradients
-from runtime.server_queue import Admission
+from runtime.split.admission import Admission
+from runtime.split.cut import decode, reply_like
 from runtime.telemetry import now, stamp, sync
 
 

@@ -2,8 +2,8 @@
 
 Shapes are registered by name (``split.shape``), as strategies are. A shape is stateless:
 every method takes the model depth and the cuts. A new shape is one module that subclasses
-``SplitShape`` and decorates it with ``@register_shape`` (``runtime/shapes/vanilla.py`` and
-``runtime/shapes/u.py`` are the two that ship); nothing else compares shape names.
+``SplitShape`` and decorates it with ``@register_shape`` (``runtime/split/shapes/vanilla.py`` and
+``runtime/split/shapes/u.py`` are the two that ship); nothing else compares shape names.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from models.parts import ENDS, ROLES
-from runtime import split_server
-from runtime.cut import CutCodec
-from runtime.serving import ServerTimings
+from runtime.split import server as split_server
+from runtime.split.cut import CutCodec
+from runtime.split.serving import ServerTimings
 
 SHAPES: dict[str, type[SplitShape]] = {}
 DEFAULT_SHAPE = "vanilla"
@@ -43,7 +43,7 @@ def blocks(indices: Iterable[int]) -> set[str]:
 class SplitShape:
     name: ClassVar[str]
     server_holds_head: ClassVar[bool] = True  # the model's output end (GPT-2: ln_f + LM head) is the server's
-    batched_serving: ClassVar[bool] = False  # runtime/server_batching.py can serve it
+    batched_serving: ClassVar[bool] = False  # runtime/split/batching.py can serve it
     per_client_cuts: ClassVar[bool] = False  # split.client_cuts is implemented for it
     uses_head_cut: ClassVar[bool] = False  # split.head_cut applies
     # Latency model (launch/netsim.py): the share of a step's upload sent while the server waits

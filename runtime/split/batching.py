@@ -1,7 +1,7 @@
 """Batched serving (``split.server_batching``): one server forward, backward and update for
 the activations of all the clients that are waiting at once.
 
-Semantics, beside the sequential server (``runtime/split_server.py``):
+Semantics, beside the sequential server (``runtime/split/server.py``):
 
 - sequential: one server update per client step (SFL-V2, the public SplitLoRA loop);
 - batched: one server update per *batch* of client steps. The waiting clients' activations
@@ -36,10 +36,10 @@ from typing import Any
 import torch
 
 from models.loss import model_loss_groups
-from runtime.cut import decode, reply_like
 from runtime.optim import apply_gradients
-from runtime.server_queue import Admission, _Request
-from runtime.serving import ServerTimings, ServingMode
+from runtime.split.admission import Admission, _Request
+from runtime.split.cut import decode, reply_like
+from runtime.split.serving import ServerTimings, ServingMode
 from runtime.telemetry import now, sync
 
 

@@ -1,7 +1,7 @@
 """Split shapes, one module each, registered by name (``split.shape``); see ``base.py``."""
 
-from runtime.shapes import u, vanilla  # noqa: F401  (registers the shapes that ship)
-from runtime.shapes.base import DEFAULT_SHAPE, SHAPES, SplitShape, get_shape, register_shape
+from runtime.split.shapes import u, vanilla  # noqa: F401  (registers the shapes that ship)
+from runtime.split.shapes.base import DEFAULT_SHAPE, SHAPES, SplitShape, get_shape, register_shape
 
 __all__ = ["DEFAULT_SHAPE", "SHAPES", "SplitShape", "get_shape", "part_pieces", "register_shape"]
 

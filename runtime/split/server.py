@@ -4,7 +4,7 @@ Each client step is three calls into this module, all made by the client:
 
 1. ``server_forward`` (rpc_sync, inside the client's distributed-autograd context):
    queues for the server (and, in ``round_robin`` order, for this client's turn) without
-   holding an RPC thread (``runtime/server_queue.py``: the call returns a future, the
+   holding an RPC thread (``runtime/split/admission.py``: the call returns a future, the
    admission thread runs the forward), runs blocks ``cut..``, ``ln_f``, ``lm_head`` and
    the loss, returns the loss.
    U shape (``split.shape=u``): ``server_forward_hidden`` runs the middle blocks only
@@ -23,10 +23,10 @@ the math equal to the sequential SplitLoRA algorithm, and ``round_robin`` makes 
 order — hence the result — reproducible. Clients still overlap their own forward,
 backward and optimizer with the server serving others.
 
-Batched serving (``Batching``; ``runtime/server_batching.py``) replaces the one-at-a-time
+Batched serving (``Batching``; ``runtime/split/batching.py``) replaces the one-at-a-time
 gate: a batch's forward, backward and update all run before its losses go back, so no
 weight changes between a forward and its backward there either. ``SplitServer`` only
-dispatches to its serving mode (``runtime/serving.py``).
+dispatches to its serving mode (``runtime/split/serving.py``).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import Any
 import torch
 import torch.distributed.rpc as rpc
 
-from runtime.server_batching import BatchedServing
-from runtime.serving import SequentialServing, ServerTimings, ServingMode
+from runtime.split.batching import BatchedServing
+from runtime.split.serving import SequentialServing, ServerTimings, ServingMode
 
 _SERVER: SplitServer | None = None
 
@@ -51,7 +51,7 @@ RECORD_ENV = "SPLITLORA_RECORD_SERVER_INPUTS"
 
 @dataclass
 class Batching:
-    """Batched serving's settings (``split.server_batching``; see runtime/server_batching.py)."""
+    """Batched serving's settings (``split.server_batching``; see runtime/split/batching.py)."""
 
     window_s: float = 0.02
     max_clients: int = 0  # 0 = no cap
@@ -68,7 +68,7 @@ def _record(call: str, *tensors: torch.Tensor) -> None:
 
 
 class SplitServer:
-    """The server part, its optimizer and schedule, served by one ``ServingMode`` (runtime/serving.py)."""
+    """The server part, its optimizer and schedule, served by one ``ServingMode`` (runtime/split/serving.py)."""
 
     def __init__(self, part: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
