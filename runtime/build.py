@@ -135,14 +135,24 @@ def build_part(cfg: Config, role: str, cut: int | None = None) -> GPT2:
         targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
         apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
                                      layers=cfg.lora.layer_list()))
-    return finish_part(model, pieces)
+    part = finish_part(model, pieces)
+    for p in head_parameters(part, cfg):
+        p.requires_grad_(True)  # model.train_head: apply_lora froze it with the base
+    return part
+
+
+def head_parameters(model: nn.Module, cfg: Config) -> list[nn.Parameter]:
+    """The encoder's classification head when ``model.train_head`` and this part holds it, else []."""
+    head = getattr(model, "head", None)
+    return list(head.parameters()) if cfg.model.train_head and head is not None else []
 
 
 def trained_state(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
-    """What a run trains, by name: the LoRA tensors, or (full fine-tuning) every weight."""
+    """What a run trains, by name: the LoRA tensors (and a trained head), or (full fine-tuning) every weight."""
     if cfg.train.finetune == "full":
         return {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
-    return lora_state_dict(model)
+    head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")} if head_parameters(model, cfg) else {}
+    return {**lora_state_dict(model), **head}
 
 
 def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: Config) -> None:
@@ -151,7 +161,10 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: Co
         if [k for k in missing if k != "lm_head.weight"] or unexpected:
             raise ValueError(f"saved weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return
-    load_lora_state_dict(model, state, strict=True)
+    head = {k: v for k, v in state.items() if k.startswith("head.")}
+    if head:
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+    load_lora_state_dict(model, {k: v for k, v in state.items() if k not in head}, strict=True)
 
 
 def head_cut(cfg: Config, n_layer: int) -> int:

@@ -25,6 +25,7 @@ from runtime.build import (
     build_full_model,
     build_part,
     head_cut,
+    head_parameters,
     load_trained_state,
     set_threads,
     trained_state,
@@ -40,6 +41,7 @@ from runtime.split.cut import CutCodec
 from runtime.split.shapes import get_shape
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
+from runtime.strategies.base import average_in_place
 from runtime.telemetry import now, peak_memory
 from runtime.watchdog import Watchdog
 
@@ -62,7 +64,11 @@ class ClientRun:
         self.module = build_client_module(cfg, world.device, self.cut)
         self.strategy = build_strategy(cfg.fed.strategy, cfg.fed)
         t, lr = cfg.train, cfg.train.lr * cfg.fed.client_lr_scale
-        self.opt = build_optimizer(cfg, self.strategy.param_groups(self.module, lr), lr)
+        groups = self.strategy.param_groups(self.module, lr)
+        grouped = {id(p) for g in groups for p in g["params"]}
+        self.head = head_parameters(self.module, cfg)  # model.train_head: trained here, averaged every round
+        extra = [p for p in self.head if id(p) not in grouped]  # strategies that list only adapters
+        self.opt = build_optimizer(cfg, groups + ([{"params": extra, "lr": lr}] if extra else []), lr)
         ranks = cfg.fed.rank_list()
         self.weights = client_weights(plan.counts, cfg.fed.weighting)
         self.ctx = ClientContext(module=self.module, optimizer=self.opt, client_index=world.client_index,
@@ -208,6 +214,9 @@ class ClientRun:
         self.rounds += 1
         t0 = now()
         stats = self.collective(lambda r=self.rounds: self.strategy.aggregate(self.ctx, r)).as_dict()
+        if self.head:  # a trained head: FedAvg of its weights, whatever the strategy does with the adapters
+            head = self.collective(lambda: average_in_place(self.head, self.ctx)).as_dict()
+            stats = {k: v + head[k] for k, v in stats.items()}
         for k, v in stats.items():
             self.comm_total[k] += v
         return {"kind": "aggregate", "client": self.world.rank, "step": step, "round": self.rounds, "t": time.time(),
@@ -282,6 +291,9 @@ def assemble_whole_model(cfg: Config, client_module: torch.nn.Module, cut: int) 
         server_state = rpc.rpc_sync(SERVER, split_server.server_lora_state)
         # With per-client cuts the server also holds blocks below this client's cut: this
         # client's model uses its own copies there (as in its training).
-        server_state = {k: v for k, v in server_state.items() if block_of(k) >= cut}
+        server_state = {k: v for k, v in server_state.items() if (block_of(k) or 0) >= cut or k.startswith("head.")}
+        head = {k.removeprefix("head."): v for k, v in server_state.items() if k.startswith("head.")}
+        if head:  # a head the server trained (model.train_head)
+            whole.head.load_state_dict(head)
         load_lora_state_dict(whole, server_state, strict=False)
     return whole

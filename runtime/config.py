@@ -46,6 +46,9 @@ class ModelConfig:
     # split's label count)
     num_labels: int = 0
     pooling: str = "mean"  # encoders: the head's input, mean over real tokens (mean) or the first token (cls)
+    # Encoders: train the classification head (its holder's optimizer; clients that hold it average it
+    # with FedAvg weights after every aggregation) instead of the paper's frozen random head
+    train_head: bool = False
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
@@ -411,6 +414,8 @@ def _check_classify(cfg: Config) -> None:
     runtime.build.check_model_fits_task)."""
     if cfg.data.task != "classify":
         _check(cfg.eval.every == 0, "eval.every (test scores during training) applies to data.task=classify")
+        _check(not cfg.model.train_head, "model.train_head applies to an encoder's classification head "
+                                         "(data.task=classify)")
         return
     _check(not cfg.eval.at_end and not cfg.eval.samples,
            "eval.at_end / eval.samples decode E2E texts; a classifier is scored on the test split at the end anyway")

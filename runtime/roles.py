@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from models.lora import load_lora_state_dict
 from models.loss import model_loss
 from runtime import coordinator
 from runtime.artifacts import save_model
@@ -265,7 +264,7 @@ def _start_split_server(cfg: Config, world: World, plan: RunPlan, coord: coordin
     split_server.install(server)
     if plan.start_step:
         state = checkpoint.restore(plan.start_step, opt, sched)
-        load_lora_state_dict(part, state["lora"], strict=True)
+        load_trained_state(part, state["lora"], cfg)
         server.steps = state["server_steps"]
 
 

@@ -118,3 +118,51 @@ def test_resume_is_bitwise(tmp_path, encoder_dirs):
     assert resumed.rc == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
     a, b = _lora(full), load_file(str(cut / "model/lora.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _head(run) -> dict[str, torch.Tensor]:
+    return load_file(str(run.run_dir / "model/head.safetensors"))
+
+
+@pytest.mark.parametrize("shape", ["vanilla", "u"])
+def test_a_trained_head_split_equals_centralized(tmp_path, encoder_dirs, shape):
+    """model.train_head: the head's holder trains it (vanilla: the server, U: the client); one-client
+    SplitLoRA == CenLoRA for the adapters and the head; the frozen-head run's head is the initial one."""
+    common = [*_args(encoder_dirs), "--train.max_steps=6", "--data.partition=contiguous", "--train.lr=5e-3"]
+    split = ["--method=splitlora", f"--split.shape={shape}", "--split.cut=1"]
+    cen = torchrun(1, ["--method=cenlora", *common, "--model.train_head=true"], tmp_path, "cen")
+    sp = torchrun(2, [*split, *common, "--model.train_head=true"], tmp_path, shape)
+    frozen = torchrun(1, ["--method=cenlora", *common], tmp_path, "frozen")
+    assert cen.rc == 0 and sp.rc == 0 and frozen.rc == 0, (cen.stderr[-2000:], sp.stderr[-2000:])
+    for a, b in ((_lora(cen), _lora(sp)), (_head(cen), _head(sp))):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (k, (a[k] - b[k]).abs().max())
+    trained, init = _head(cen), _head(frozen)
+    assert trained.keys() == init.keys() and all(not torch.equal(trained[k], init[k]) for k in init)
+
+
+def test_a_trained_head_is_averaged_among_clients_and_resumes(tmp_path, encoder_dirs):
+    """FedLoRA with model.train_head and LoRA-A2 (whose optimizer groups list only adapters): after every
+    round both clients hold the same head, its bytes count in the upload, and a resumed run is bitwise."""
+    args = ["--method=fedlora", "--fed.strategy=lora-a2", "--fed.client_ranks=1,2", "--lora.r=2",
+            *_args(encoder_dirs), "--model.train_head=true", "--data.partition=dirichlet:0.5", "--train.lr=5e-3",
+            "--train.max_steps=6", "--fed.aggregate_every=3", "--ckpt.every=3"]
+    full = torchrun(3, args, tmp_path, "full")
+    assert full.rc == 0, full.stderr[-3000:]
+    heads = [torch.load(full.run_dir / f"ckpt/step_6/client{r}.pt", weights_only=True)["lora"] for r in (1, 2)]
+    keys = [k for k in heads[0] if k.startswith("head.")]
+    assert keys and all(torch.equal(heads[0][k], heads[1][k]) for k in keys)
+    head_params = sum(heads[0][k].numel() for k in keys)
+    rounds = [r for r in full.metrics() if r.get("kind") == "aggregate" and r["client"] == 1]
+    assert all(r["up_params"] >= head_params for r in rounds) and len(rounds) == 2
+    cut = tmp_path / "cut"
+    shutil.copytree(full.run_dir, cut)
+    shutil.rmtree(cut / "model")
+    mark_latest(cut, 3)
+    resumed = torchrun(3, [f"--resume={cut}"], tmp_path, "ignored")
+    assert resumed.rc == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
+    for name in ("lora", "head"):
+        a = load_file(str(full.run_dir / f"model/{name}.safetensors"))
+        b = load_file(str(cut / f"model/{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -149,3 +149,8 @@ def test_u_shape_checks() -> None:
         validate_for_world(build_config(["--split.shape=u", "--split.cut=1", "--split.head_cut=5"]), 3, 4)
     with pytest.raises(ConfigError, match="not implemented for split.shape=u"):
         validate_for_world(build_config(["--split.shape=u", "--split.cut=1", "--split.client_cuts=1,2"]), 3, 4)
+
+
+def test_train_head_needs_a_classifier() -> None:
+    with pytest.raises(ConfigError, match=r"model\.train_head applies to an encoder's classification head"):
+        validate_for_world(build_config(["--model.train_head=true"]), 3, 4)

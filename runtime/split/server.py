@@ -122,9 +122,12 @@ class SplitServer:
         self.mode.retire(client)
 
     def lora_state(self) -> dict[str, torch.Tensor]:
+        """The server part's adapters, and its classification head when it trains one (model.train_head)."""
         from models.lora import lora_state_dict
 
-        return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self.part).items()}
+        head = {f"head.{n}": p for n, p in self.part.head.named_parameters() if p.requires_grad} \
+            if getattr(self.part, "head", None) is not None else {}
+        return {k: v.detach().cpu().clone() for k, v in {**lora_state_dict(self.part), **head}.items()}
 
 
 # -- module-level RPC entry points (executed on the server) --------------------------
