@@ -199,7 +199,7 @@ def train_args(a: argparse.Namespace, spec: RunSpec) -> list[str]:
 def settings_of(a: argparse.Namespace, run_dirs: list[Path], argv: list[str]) -> dict[str, Any]:
     """The shared settings, with the model shape and thread counts as the runtime resolved them."""
     from runtime.build import model_config
-    from runtime.config_build import config_from_dict
+    from runtime.config.parse import config_from_dict
 
     d = json.loads((run_dirs[0] / "config.json").read_text())
     mc = model_config(config_from_dict({k: v for k, v in d.items() if k != "launch"}))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from runtime.config import ConfigError
-from runtime.config_build import config_from_dict
+from runtime.config.parse import config_from_dict
 
 
 def main(argv: list[str] | None = None) -> int:

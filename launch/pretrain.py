@@ -28,7 +28,7 @@ from runtime.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.config_help import config_help
+    from runtime.config.help import config_help
 
     p = argparse.ArgumentParser(prog="launch.pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,

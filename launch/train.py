@@ -12,7 +12,7 @@
 
 Rank 0 is the server (SplitLoRA: blocks after the cut + LM head + loss; FedLoRA: only
 coordination), ranks 1..N are clients. Overrides are ``--section.key=value`` (or
-``--section.key value``) and ``--config FILE.json|yaml``; see runtime/config.py.
+``--section.key value``) and ``--config FILE.json|yaml``; see runtime/config/schema.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from runtime.config import Config, ConfigError, validate_for_world
-from runtime.config_build import build_config
+from runtime.config.parse import build_config
 
 
 def one_line(exc: BaseException) -> str:
@@ -101,7 +101,7 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        from runtime.config_help import config_help
+        from runtime.config.help import config_help
 
         print(__doc__)
         print("Options (every config key: --section.key=VALUE, or in a --config file):\n")

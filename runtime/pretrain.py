@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import Config
-from runtime.config_build import build_config
+from runtime.config.parse import build_config
 
 __all__ = ["RECIPES", "pretrain_config", "build_vocab", "pretrain", "cached_base", "base_cache_root"]
 

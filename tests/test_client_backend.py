@@ -53,7 +53,7 @@ def test_device_key_names_the_physical_gpu():
 def test_device_maps_send_each_clients_gpu_to_the_servers_and_back():
     """runtime.cuda_cut=device_maps: client k maps its GPU to the server's, the server maps its
     GPU back to client k's (the indices every rank gathered; no GPU is touched here)."""
-    from runtime.config_build import build_config
+    from runtime.config.parse import build_config
     from runtime.dist import World, _rpc_options
 
     cuda = lambda i: torch.device("cuda", i)  # noqa: E731

@@ -7,7 +7,7 @@ import torch
 
 from models.loss import model_loss
 from runtime.build import build_full_model
-from runtime.config_build import config_from_dict
+from runtime.config.parse import config_from_dict
 from runtime.inputs import load_client_data
 from tests.torchrun_util import torchrun
 

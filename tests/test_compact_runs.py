@@ -52,7 +52,7 @@ def test_compact_split_run_trains_resumes_bitwise_and_is_scored(pretrained_base,
 def _peft_equals_ours(run_dir, base_dir) -> None:
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
-    from runtime.config_build import config_from_dict
+    from runtime.config.parse import config_from_dict
     from runtime.evaluation import load_trained_model
 
     saved = json.loads((run_dir / "config.json").read_text())

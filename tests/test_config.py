@@ -5,7 +5,7 @@ import json
 import pytest
 
 from runtime.config import Config, ConfigError, validate_for_world
-from runtime.config_build import build_config, config_from_dict
+from runtime.config.parse import build_config, config_from_dict
 
 
 def test_defaults_are_the_offline_tiny_split_run():
@@ -112,7 +112,7 @@ def test_lora_layers_parse_and_leave_every_party_an_adapter():
 def _dotted_keys(cls, prefix=""):
     import dataclasses
 
-    from runtime.config_build import _field_types
+    from runtime.config.parse import _field_types
 
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):

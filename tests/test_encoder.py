@@ -9,7 +9,7 @@ from models.encoder import EncoderClassifier
 from models.lora import LoRAConfig, apply_lora, iter_lora_adapters
 from runtime.build import build_full_model, build_part, check_model_fits_task, model_arch
 from runtime.config import ConfigError
-from runtime.config_build import build_config
+from runtime.config.parse import build_config
 from tests.encoder_util import build_encoder_dir
 
 transformers = pytest.importorskip("transformers")

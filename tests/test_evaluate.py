@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from launch.evaluate import main as evaluate_main
 from launch.train import main as train_main
 from models.lora import iter_lora_adapters
-from runtime.config_build import config_from_dict
+from runtime.config.parse import config_from_dict
 from runtime.evaluation import load_trained_model
 
 FAST = ["--method=cenlora", "--data.source=synthetic", "--data.max_train_examples=200",

@@ -13,7 +13,7 @@ from launch.experiments import common, cut_rank_sweep, paper_table
 from launch.experiments.paper_numbers import METHODS, PAPER, paper_scores
 from models.flops import client_flops, lora_parameters
 from models.gpt2 import PRESETS
-from runtime.config_build import build_config
+from runtime.config.parse import build_config
 
 CELL = re.compile(r"^\d+\.\d{2}/\d+\.\d{4}/(\.\d{4}|–)/\d+\.\d{2}/\d+\.\d{4}$")  # ours, METEOR optional
 

@@ -12,7 +12,7 @@ from models.parts import build_keep, finish_part, piece_of
 from models.split import split_model
 from models.split_u import split_model_u
 from runtime.build import build_full_model, build_part
-from runtime.config_build import build_config
+from runtime.config.parse import build_config
 from runtime.split.shapes import part_pieces
 
 N_LAYER = 4  # the tiny preset

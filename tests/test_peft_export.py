@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from launch.train import main as train_main
-from runtime.config_build import config_from_dict
+from runtime.config.parse import config_from_dict
 from runtime.evaluation import load_trained_model
 
 peft = pytest.importorskip("peft")

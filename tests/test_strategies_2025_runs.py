@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from runtime.build import build_full_model
 from runtime.checkpoint import load_rank, mark_latest
 from runtime.config import Config
-from runtime.config_build import config_from_dict
+from runtime.config.parse import config_from_dict
 from runtime.evaluation import load_trained_model
 from runtime.inputs import load_client_data
 from runtime.roles import eval_loss

@@ -11,7 +11,7 @@ from models.gpt2 import GPT2, GPT2Config
 from models.lora import LoRAAdapter, LoRAConfig, apply_lora, iter_lora_adapters
 from models.loss import model_loss
 from runtime.config import ConfigError, validate_for_world
-from runtime.config_build import build_config
+from runtime.config.parse import build_config
 from runtime.strategies import STRATEGIES, ClientContext, build_strategy
 from runtime.strategies.fedavg import aggregate_fedavg
 from runtime.strategies.ffa import aggregate_ffa

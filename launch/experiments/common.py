@@ -100,7 +100,7 @@ _RESOLVED_AT_START = {("model", "num_labels")}
 
 def config_diff(run_dir: Path, args: list[str]) -> list[str]:
     """Fields where the finished run's config.json differs from what ``args`` would run."""
-    from runtime.config_build import build_config
+    from runtime.config.parse import build_config
 
     want = build_config(args).to_dict()
     have = read_json(run_dir / "config.json") or {}

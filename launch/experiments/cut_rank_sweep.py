@@ -112,7 +112,7 @@ def measure(run_dir: Path, attention: str) -> dict[str, Any] | None:
     """One finished run's row, from its config.json, summary.json and metrics.jsonl."""
     from models.flops import client_flops
     from runtime.build import model_config
-    from runtime.config_build import config_from_dict
+    from runtime.config.parse import config_from_dict
 
     saved, summary = common.read_json(run_dir / "config.json"), common.read_json(run_dir / "summary.json")
     if not saved or not summary:
@@ -310,7 +310,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 def _n_layer(a: argparse.Namespace) -> int:
     from runtime.build import model_config
-    from runtime.config_build import build_config
+    from runtime.config.parse import build_config
 
     argv = [f"--model.name={a.model}"] + ([f"--model.path={a.model_path}"] if a.model_path else [])
     return model_config(build_config(argv)).n_layer

@@ -1,7 +1,7 @@
 """Building the config tree: CLI overrides > config file (JSON or YAML) > defaults, values
 coerced to each field's annotated type, then one ``Config`` built from the merged dict (so
 every section's ``__post_init__`` sees the final values). The parser imports the schema
-(``runtime/config.py``), never the reverse.
+(``runtime/config/schema.py``), never the reverse.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from runtime.config import Config, ConfigError
+from runtime.config.schema import Config, ConfigError
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """``--help`` for every entry point that takes config overrides, generated from the config tree:
-each key with its type, default and meaning (the comment beside the field in runtime/config.py)."""
+each key with its type, default and meaning (the comment beside the field in runtime/config/schema.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import types
 import typing
 from typing import Any
 
-from runtime.config import Config
-from runtime.config_build import _field_types
+from runtime.config.parse import _field_types
+from runtime.config.schema import Config
 
 __all__ = ["config_help"]
 

@@ -1,0 +1,8 @@
+"""Configuration's room: the schema (``schema.py``: one dataclass tree and its validation), the
+parser (``parse.py``: CLI overrides > config file > defaults; it imports the schema, never the
+reverse) and the generated ``--help`` (``help.py``). The names most callers need are here."""
+
+from runtime.config.parse import build_config, config_from_dict, parse_overrides
+from runtime.config.schema import Config, ConfigError, validate_for_world
+
+__all__ = ["Config", "ConfigError", "build_config", "config_from_dict", "parse_overrides", "validate_for_world"]
