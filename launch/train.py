@@ -140,7 +140,7 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
 
     if cfg.method == "cenlora":
         from runtime.dist import pick_device
-        from runtime.roles import run_cenlora
+        from runtime.roles.centralized import run_cenlora
 
         run_dir = Path(cfg.out.dir) / run_name(cfg)
         device = pick_device(cfg, 0)
@@ -150,9 +150,9 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
         _report(run_dir, summary)
         return 0
 
-    from runtime.client import run_client
     from runtime.dist import broadcast_object, init_world, shutdown_world
-    from runtime.roles import run_server
+    from runtime.roles.client import run_client
+    from runtime.roles.server import run_server
 
     data = None
     if rank != 0:

@@ -71,7 +71,7 @@ def pretrain(cfg: Config, out: Path, resume: bool = False, device: str = "cpu") 
 
     from runtime.checkpoint import latest_step
     from runtime.data.vocab import VocabMap
-    from runtime.roles import run_cenlora
+    from runtime.roles.centralized import run_cenlora
 
     out = Path(out)
     run_dir = out / "train"

@@ -27,7 +27,7 @@ from runtime.config import Config
 from runtime.config.parse import config_from_dict
 from runtime.evaluation import load_trained_model
 from runtime.inputs import load_client_data
-from runtime.roles import eval_loss
+from runtime.roles.common import eval_loss
 from tests.torchrun_util import Run, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the first test builds 8 runs in its set-up

@@ -35,7 +35,7 @@ from runtime.config import Config
 from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.inputs import ClientData, RunPlan
 from runtime.optim import build_optimizer, build_scheduler
-from runtime.roles import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
+from runtime.roles.common import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
 from runtime.split.shapes import get_shape

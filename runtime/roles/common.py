@@ -1,0 +1,148 @@
+"""What every role shares: evaluation at the end and during training, the run summary, the
+fault-injection test hook."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.loss import model_loss
+from runtime.build import (
+    model_config,
+)
+from runtime.config import Config
+from runtime.inputs import RunPlan
+from runtime.telemetry import now, summarize
+
+LOG_FLUSH = 10  # client step records per rpc to the coordinator
+FAULT_ENV = "SPLITLORA_INJECT_FAULT"  # test hook: "<raise|kill>:<rank>:<step>"
+
+
+def maybe_inject_fault(rank: int, step: int) -> None:
+    """Fault injection for the reliability tests: raise or SIGKILL this rank at a step."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    kind, r, s = spec.split(":")
+    if int(r) == rank and int(s) == step:
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected fault on rank {rank} at step {step} ({FAULT_ENV}={spec})")
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float | None:
+    """Mean masked token NLL (no label smoothing) over the evaluation batches."""
+    if not batches:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    for b in batches:
+        n = float(b["loss_mask"].sum())
+        total += model_loss(model, b["input_ids"].to(device), b["targets"].to(device),
+                            b["loss_mask"].to(device), 0.0).item() * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1.0)
+
+
+def final_eval(cfg: Config, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], run_dir: Path,
+               device: torch.device) -> tuple[float | None, dict | None]:
+    """The trained whole model's validation loss and scores: a classifier's test loss, accuracy and
+    macro-F1 (always); a language model's masked NLL and, with ``--eval.at_end``, its E2E scores."""
+    if getattr(model, "is_classifier", False):
+        from runtime.classify_eval import classify_scores, write_scores
+
+        scores = classify_scores(model, batches, device)
+        if scores is not None:
+            write_scores(run_dir, scores, cfg.out.tensorboard)
+        return (scores or {}).get("loss"), scores
+    return eval_loss(model, batches, device), evaluate_at_end(cfg, model, run_dir, device)
+
+
+def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: torch.device) -> dict | None:
+    """``--eval.at_end``: decode and score the trained model into the run directory;
+    ``--eval.samples N``: print N greedy texts of validation MRs."""
+    if cfg.eval.samples:
+        from runtime.evaluation import sample_texts
+
+        samples = sample_texts(model, cfg, cfg.eval.samples, device)
+        (run_dir / "samples.txt").write_text("".join(f"{s['mr']}\n  -> {s['text']}\n" for s in samples))
+        print("splitlora: samples (greedy, validation MRs):", file=sys.stderr)
+        for s in samples:
+            print(f"  MR:   {s['mr']}\n  text: {s['text']}", file=sys.stderr)
+        sys.stderr.flush()
+    if not cfg.eval.at_end:
+        return None
+    import copy
+
+    from models.generate import DecodeConfig
+    from runtime.evaluation import evaluate_model, format_scores
+
+    e = cfg.eval
+    decode = DecodeConfig(num_beams=e.num_beams, length_penalty=e.length_penalty,
+                          no_repeat_ngram_size=e.no_repeat_ngram_size, max_new_tokens=e.max_new_tokens,
+                          repeat_scope=e.repeat_scope)
+    record = evaluate_model(copy.deepcopy(model), cfg, run_dir, split=e.split, refs_style=e.refs_style,
+                            decode=decode, batch_size=e.batch_size, max_mrs=e.max_mrs, meteor=e.meteor,
+                            device=device)
+    print(f"splitlora: eval: {format_scores(record)}", file=sys.stderr, flush=True)
+    from runtime.tensorboard import open_mirror
+
+    mirror = open_mirror(run_dir, cfg.out.tensorboard)
+    if mirror is not None:
+        mirror.add({"kind": "scores", "scores": record["scores"]})
+        mirror.close()
+    return record["scores"]
+
+
+def test_due(cfg: Config, step: int) -> bool:
+    """A classifier's test scores are recorded every ``eval.every`` steps (after that step's aggregation)."""
+    return cfg.data.task == "classify" and cfg.eval.every > 0 and step % cfg.eval.every == 0
+
+
+def test_record(model: torch.nn.Module, data: Any, device: torch.device, step: int, rounds: int = 0,
+                client: int = 0) -> dict[str, Any]:
+    """The ``test`` metrics record of a whole classifier at ``step`` (accuracy per round for the plots),
+    scored by ``client`` (0: cenlora)."""
+    from runtime.classify_eval import classify_scores
+
+    t0 = now()
+    scores = classify_scores(model, data.eval_batches(), device) or {}
+    return {"kind": "test", "client": client, "step": step, "round": rounds, "t": time.time(),
+            "eval_s": now() - t0, **scores}
+
+
+def phase_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    keys = sorted({k for r in records for k in r.get("time", {})})
+    return {k: summarize([r["time"][k] for r in records if k in r.get("time", {})]) for k in keys}
+
+
+# ------------------------------------------------------------------------- summary
+
+
+def run_summary(cfg: Config, plan: RunPlan, records: list[dict[str, Any]], wall: float, val: float | None,
+             clients: dict[str, Any]) -> dict[str, Any]:
+    steps = [r for r in records if r.get("kind") == "step"]
+    first = [r["loss"] for r in steps[: max(1, len(steps) // 10)]]
+    last = [r["loss"] for r in steps[-max(1, len(steps) // 10):]]
+    tokens = sum(r["tokens"] for r in steps)
+    return {
+        "method": cfg.method, "model": cfg.model.name, "n_layer": model_config(cfg).n_layer,
+        "cut": cfg.split.cut if cfg.method == "splitlora" else None,
+        "n_clients": len(plan.counts), "local_steps": plan.local_steps, "order": cfg.runtime.order,
+        "data_source": plan.source, "loss_first": sum(first) / len(first) if first else None,
+        "loss_last": sum(last) / len(last) if last else None, "val_loss": val,
+        "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall if wall > 0 else None,
+        "bytes_up": sum(r.get("bytes_up", 0) for r in steps),
+        "bytes_down": sum(r.get("bytes_down", 0) for r in steps),
+        "phases_s": phase_summary(steps), "clients": clients,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
