@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.io.telemetry import summarize
 from runtime.split.shapes import DEFAULT_SHAPE
-from runtime.telemetry import summarize
 
 E2E_TRAIN_EXAMPLES = 42_061  # E2E NLG training set: one epoch-equivalent
 JOB_FILE = "bench_job.json"  # written by launch.bench beside each run: command, wall time, load

@@ -57,8 +57,8 @@ def prepare(argv: list[str]) -> tuple[Config, int, int, int]:
     identity, and DIR's latest complete checkpoint must load.
     """
     from runtime.build import check_model_fits_task, model_config, run_num_labels
-    from runtime.checkpoint import check_resume_config, latest_step, load_rank, read_saved_config
-    from runtime.dist import read_env_world
+    from runtime.control.dist import read_env_world
+    from runtime.io.checkpoint import check_resume_config, latest_step, load_rank, read_saved_config
 
     cfg = build_config(argv)
     rank, world_size, _ = read_env_world()
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(config_help())
         return 0
     role = f"rank {os.environ.get('RANK', '0')}"
-    from runtime.checkpoint import CheckpointError
+    from runtime.io.checkpoint import CheckpointError
 
     try:
         cfg, rank, world_size, start_step = prepare(argv)
@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
     import torch
 
-    from runtime.artifacts import run_name, write_json
     from runtime.inputs import RunPlan, load_client_data
+    from runtime.io.artifacts import run_name, write_json
 
     if cfg.method == "cenlora":
-        from runtime.dist import pick_device
+        from runtime.control.dist import pick_device
         from runtime.roles.centralized import run_cenlora
 
         run_dir = Path(cfg.out.dir) / run_name(cfg)
@@ -150,7 +150,7 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
         _report(run_dir, summary)
         return 0
 
-    from runtime.dist import broadcast_object, init_world, shutdown_world
+    from runtime.control.dist import broadcast_object, init_world, shutdown_world
     from runtime.roles.client import run_client
     from runtime.roles.server import run_server
 
@@ -188,7 +188,7 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
 
 
 def _start(cfg: Config, run_dir: Path, launch: dict, start_step: int = 0) -> None:
-    from runtime.artifacts import write_json
+    from runtime.io.artifacts import write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
     print(cfg.to_json(), flush=True)

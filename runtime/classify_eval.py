@@ -40,7 +40,7 @@ def write_scores(run_dir: Path, scores: dict[str, Any], tensorboard: bool) -> No
                                                     indent=2) + "\n")
     print(f"splitlora: test: accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}, loss "
           f"{scores['loss']:.4f} ({scores['n']} examples)", file=sys.stderr, flush=True)
-    from runtime.tensorboard import open_mirror
+    from runtime.io.tensorboard import open_mirror
 
     mirror = open_mirror(run_dir, tensorboard)
     if mirror is not None:

@@ -24,13 +24,13 @@ from metrics.e2e import evaluate as score_e2e
 from metrics.slots import slot_copy_rates
 from models.generate import DecodeConfig, beam_search, greedy
 from models.lora import load_lora_state_dict, merge_lora
-from runtime.artifacts import load_model_tensors, write_json
 from runtime.build import build_full_model, run_vocab
 from runtime.config import Config
 from runtime.data.e2e import MRGroup, group_by_mr
 from runtime.data.locate import load_splits
 from runtime.data.tokenizer import EOS_ID, load_bpe
 from runtime.data.vocab import VocabMap, load_vocab_map
+from runtime.io.artifacts import load_model_tensors, write_json
 
 REFS_STYLES = ("raw", "tokenized")
 

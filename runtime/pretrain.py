@@ -69,8 +69,8 @@ def pretrain(cfg: Config, out: Path, resume: bool = False, device: str = "cpu") 
     """Pretrain into ``out`` (see the module docstring); returns the metadata written to pretrain.json."""
     import torch
 
-    from runtime.checkpoint import latest_step
     from runtime.data.vocab import VocabMap
+    from runtime.io.checkpoint import latest_step
     from runtime.roles.centralized import run_cenlora
 
     out = Path(out)

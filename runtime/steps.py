@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from models.loss import model_loss
-from runtime.dist import SERVER
+from runtime.control.dist import SERVER
+from runtime.io.telemetry import now, sync
 from runtime.optim import apply_gradients
-from runtime.telemetry import now, sync
 
 
 class Stepper:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runtime.checkpoint import mark_latest
+from runtime.io.checkpoint import mark_latest
 from runtime.split.server import RECORD_ENV
 from runtime.strategies import STRATEGIES
 from tests.torchrun_util import torchrun

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from runtime.aggregate import on_backend_device
-from runtime.dist import choose_client_backend, device_key
+from runtime.control.dist import choose_client_backend, device_key
 
 GPU_A, GPU_B = "cuda:node0:GPU-aaaa", "cuda:node0:GPU-bbbb"
 
@@ -54,7 +54,7 @@ def test_device_maps_send_each_clients_gpu_to_the_servers_and_back():
     """runtime.cuda_cut=device_maps: client k maps its GPU to the server's, the server maps its
     GPU back to client k's (the indices every rank gathered; no GPU is touched here)."""
     from runtime.config.parse import build_config
-    from runtime.dist import World, _rpc_options
+    from runtime.control.dist import World, _rpc_options
 
     cuda = lambda i: torch.device("cuda", i)  # noqa: E731
     cfg = build_config(["--runtime.cuda_cut=device_maps"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runtime.checkpoint import mark_latest
+from runtime.io.checkpoint import mark_latest
 from tests.torchrun_util import torchrun
 
 pytestmark = pytest.mark.slow

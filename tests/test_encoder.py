@@ -75,7 +75,7 @@ def test_head_is_frozen_and_the_same_for_every_seeded_build(encoder_dirs):
 def test_lora_outputs_equal_peft(tmp_path, encoder_dirs):
     """Our adapters exported in peft's layout give transformers + peft our hidden states."""
     peft = pytest.importorskip("peft")
-    from runtime.artifacts import save_encoder_model
+    from runtime.io.artifacts import save_encoder_model
 
     path = encoder_dirs["bert"]
     cfg = build_config([f"--model.path={path}", "--data.task=classify", "--data.source=synthetic", SIX,

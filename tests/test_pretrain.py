@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from launch.train import main as train_main
 from models.gpt2 import GPT2
-from runtime.checkpoint import mark_latest
 from runtime.data.vocab import load_vocab_map
+from runtime.io.checkpoint import mark_latest
 from runtime.pretrain import pretrain, pretrain_config
 
 FAST = ["--data.source=synthetic", "--data.max_train_examples=400", "--data.max_eval_examples=32",

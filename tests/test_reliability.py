@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runtime.artifacts import torch_save
-from runtime.checkpoint import CheckpointError, latest_step, load_rank
+from runtime.io.artifacts import torch_save
+from runtime.io.checkpoint import CheckpointError, latest_step, load_rank
 from tests.torchrun_util import spawn_ranks, torchrun, wait_all
 
 pytestmark = pytest.mark.slow

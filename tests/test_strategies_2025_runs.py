@@ -22,11 +22,11 @@ import torch
 from safetensors.torch import load_file
 
 from runtime.build import build_full_model
-from runtime.checkpoint import load_rank, mark_latest
 from runtime.config import Config
 from runtime.config.parse import config_from_dict
 from runtime.evaluation import load_trained_model
 from runtime.inputs import load_client_data
+from runtime.io.checkpoint import load_rank, mark_latest
 from runtime.roles.common import eval_loss
 from tests.torchrun_util import Run, torchrun
 

@@ -13,10 +13,10 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from models.loss import lm_loss
+from runtime.io.telemetry import now, tensor_bytes
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec, decode
 from runtime.split.shapes.base import SplitShape, register_shape, server_step
-from runtime.telemetry import now, tensor_bytes
 
 
 @register_shape

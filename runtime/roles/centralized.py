@@ -9,8 +9,6 @@ from typing import Any
 
 import torch
 
-from runtime import coordinator
-from runtime.artifacts import save_model
 from runtime.build import (
     build_full_model,
     load_trained_state,
@@ -19,13 +17,15 @@ from runtime.build import (
     trainable_parameters,
     trained_state,
 )
-from runtime.checkpoint import RoleCheckpoint, mark_latest
 from runtime.config import Config
+from runtime.control import coordinator
 from runtime.inputs import RunPlan, load_client_data
+from runtime.io.artifacts import save_model
+from runtime.io.checkpoint import RoleCheckpoint, mark_latest
+from runtime.io.telemetry import MetricsWriter, now, peak_memory
 from runtime.optim import build_optimizer, build_scheduler
 from runtime.roles.common import final_eval, run_summary, test_due, test_record
 from runtime.steps import Stepper
-from runtime.telemetry import MetricsWriter, now, peak_memory
 
 
 def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: int = 0) -> dict[str, Any]:

@@ -18,9 +18,7 @@ import torch.distributed.rpc as rpc
 
 from models.lora import load_lora_state_dict
 from models.pieces import block_of
-from runtime import coordinator
 from runtime.aggregate import client_weights
-from runtime.artifacts import save_model
 from runtime.build import (
     build_full_model,
     build_part,
@@ -30,10 +28,14 @@ from runtime.build import (
     set_threads,
     trained_state,
 )
-from runtime.checkpoint import RoleCheckpoint
 from runtime.config import Config
-from runtime.dist import SERVER, World, abort, group_barrier, world_barrier
+from runtime.control import coordinator
+from runtime.control.dist import SERVER, World, abort, group_barrier, world_barrier
+from runtime.control.watchdog import Watchdog
 from runtime.inputs import ClientData, RunPlan
+from runtime.io.artifacts import save_model
+from runtime.io.checkpoint import RoleCheckpoint
+from runtime.io.telemetry import now, peak_memory
 from runtime.optim import build_optimizer, build_scheduler
 from runtime.roles.common import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
 from runtime.split import server as split_server
@@ -42,8 +44,6 @@ from runtime.split.shapes import get_shape
 from runtime.steps import Stepper
 from runtime.strategies import ClientContext, build_strategy
 from runtime.strategies.base import average_in_place
-from runtime.telemetry import now, peak_memory
-from runtime.watchdog import Watchdog
 
 T = TypeVar("T")
 

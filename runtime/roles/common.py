@@ -18,7 +18,7 @@ from runtime.build import (
 )
 from runtime.config import Config
 from runtime.inputs import RunPlan
-from runtime.telemetry import now, summarize
+from runtime.io.telemetry import now, summarize
 
 LOG_FLUSH = 10  # client step records per rpc to the coordinator
 FAULT_ENV = "SPLITLORA_INJECT_FAULT"  # test hook: "<raise|kill>:<rank>:<step>"
@@ -94,7 +94,7 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: 
                             decode=decode, batch_size=e.batch_size, max_mrs=e.max_mrs, meteor=e.meteor,
                             device=device)
     print(f"splitlora: eval: {format_scores(record)}", file=sys.stderr, flush=True)
-    from runtime.tensorboard import open_mirror
+    from runtime.io.tensorboard import open_mirror
 
     mirror = open_mirror(run_dir, cfg.out.tensorboard)
     if mirror is not None:

@@ -8,22 +8,22 @@ from typing import Any
 
 import torch
 
-from runtime import coordinator
 from runtime.build import (
     load_trained_state,
     server_thread_count,
     set_threads,
     trainable_parameters,
 )
-from runtime.checkpoint import RoleCheckpoint, mark_latest
 from runtime.config import Config
-from runtime.dist import World, abort, client_name, world_barrier
+from runtime.control import coordinator
+from runtime.control.dist import World, abort, client_name, world_barrier
+from runtime.control.watchdog import Watchdog
 from runtime.inputs import RunPlan
+from runtime.io.checkpoint import RoleCheckpoint, mark_latest
+from runtime.io.telemetry import MetricsWriter, now, peak_memory
 from runtime.optim import build_optimizer, build_scheduler
 from runtime.roles.common import run_summary
 from runtime.split import server as split_server
-from runtime.telemetry import MetricsWriter, now, peak_memory
-from runtime.watchdog import Watchdog
 
 
 def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from runtime.telemetry import now
+from runtime.io.telemetry import now
 
 POLL_S = 0.5  # how often the server thread checks waiting requests for their timeout
 

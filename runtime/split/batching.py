@@ -36,11 +36,11 @@ from typing import Any
 import torch
 
 from models.loss import model_loss_groups
+from runtime.io.telemetry import now, sync
 from runtime.optim import apply_gradients
 from runtime.split.admission import Admission, _Request
 from runtime.split.cut import decode, reply_like
 from runtime.split.serving import ServerTimings, ServingMode
-from runtime.telemetry import now, sync
 
 
 @dataclass

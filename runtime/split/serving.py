@@ -21,10 +21,10 @@ import torch
 import torch.distributed.autograd as dist_autograd
 
 from models.loss import model_loss
+from runtime.io.telemetry import now, stamp, sync
 from runtime.optim import apply_gradients
 from runtime.split.admission import Admission
 from runtime.split.cut import decode, reply_like
-from runtime.telemetry import now, stamp, sync
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.artifacts import atomic_write_bytes, torch_save
 from runtime.config import Config
+from runtime.io.artifacts import atomic_write_bytes, torch_save
 
 # Fields a resumed run may not change: they define the model, the split or the federation.
 FROZEN_FIELDS = ("method", "model.name", "model.path", "split.cut", "lora.r", "lora.alpha", "lora.targets",

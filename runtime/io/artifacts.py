@@ -144,7 +144,7 @@ def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config, with_base: bo
     Full fine-tuning: the whole model in transformers' layout.
     """
     from runtime.build import run_vocab
-    from runtime.hf_export import save_hf_base, save_hf_model
+    from runtime.io.hf_export import save_hf_base, save_hf_model
 
     out = run_dir / "model"
     if getattr(model, "is_classifier", False):

@@ -14,8 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from runtime.io.telemetry import MetricsWriter
 from runtime.split import server as split_server
-from runtime.telemetry import MetricsWriter
 
 _COORD: Coordinator | None = None
 

@@ -53,7 +53,7 @@ class MetricsWriter:
     """Appends one JSON object per line; thread-safe (RPC handlers log concurrently)."""
 
     def __init__(self, path: Path, tensorboard: bool = True) -> None:
-        from runtime.tensorboard import open_mirror
+        from runtime.io.tensorboard import open_mirror
 
         self.path = path
         self._lock = threading.Lock()
