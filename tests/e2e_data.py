@@ -1,4 +1,5 @@
-"""Where the tests find the real E2E data: $SPLITLORA_DATA, else ../shared/data/e2e (never in the repo)."""
+"""Where the tests find the real E2E data: $SPLITLORA_DATA, else a development machine's data folder
+beside the checkout (never in the repository; docs/data.md says how to get the data)."""
 
 from __future__ import annotations
 
@@ -25,5 +26,5 @@ E2E = e2e_dir()
 
 def needs_data(fn):
     """Mark a test as needing the real E2E data and skip it when that is absent."""
-    skip = pytest.mark.skipif(E2E is None, reason="E2E data not found (SPLITLORA_DATA or ../shared/data/e2e)")
+    skip = pytest.mark.skipif(E2E is None, reason="E2E data not found: set SPLITLORA_DATA (docs/data.md)")
     return pytest.mark.needs_data(skip(fn))

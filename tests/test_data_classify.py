@@ -247,7 +247,7 @@ def _banking77_dir() -> Path | None:
 
 BANKING77 = _banking77_dir()
 needs_banking77 = pytest.mark.skipif(
-    BANKING77 is None, reason=f"BANKING77 CSVs not found (set {CLS_DATA_ENV} or put them in ../shared/data/banking77)")
+    BANKING77 is None, reason=f"BANKING77 CSVs not found: set {CLS_DATA_ENV} (docs/classification.md)")
 
 
 @needs_banking77

@@ -29,7 +29,7 @@ LORA_E2E = None if E2E is None else next(
 def needs_data(fn):
     """Mark a test as needing the real E2E data and skip it when that is absent."""
     skip = pytest.mark.skipif(LORA_E2E is None,
-                              reason="E2E CSVs + lora-e2e/*.txt not found (SPLITLORA_DATA or ../shared/data/e2e)")
+                              reason="E2E CSVs + lora-e2e/*.txt not found : set SPLITLORA_DATA (docs/data.md)")
     return pytest.mark.needs_data(skip(fn))
 
 

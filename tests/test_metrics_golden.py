@@ -30,7 +30,7 @@ def _e2e_dir() -> Path | None:
 
 E2E = _e2e_dir()
 GOLDEN = json.loads((E2E / "golden" / "scores.json").read_text()) if E2E else {}
-needs_data = pytest.mark.skipif(E2E is None, reason="E2E golden data not found (SPLITLORA_DATA or ../shared/data/e2e)")
+needs_data = pytest.mark.skipif(E2E is None, reason="E2E golden data not found : set SPLITLORA_DATA (docs/data.md)")
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="java not on PATH (METEOR needs it)")
 
 
