@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
     import torch
 
-    from runtime.inputs import RunPlan, load_client_data
+    from runtime.inputs import RunPlan, load_clients_data
     from runtime.io.artifacts import run_name, write_json
 
     if cfg.method == "cenlora":
@@ -154,20 +154,26 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
     from runtime.roles.client import run_client
     from runtime.roles.server import run_server
 
-    data = None
+    from runtime.config.schema import n_logical_clients
+    from runtime.fed.population import Population
+
+    datas = []
     if rank != 0:
         # Load and partition before any group starts: bad data fails here, cleanly.
-        data = load_client_data(cfg, client_index=rank - 1, n_clients=world_size - 1)
+        n = n_logical_clients(cfg, world_size)
+        hosted = Population(n, world_size - 1, cfg.fed.clients_per_round or n, cfg.train.seed).hosted(rank)
+        datas = load_clients_data(cfg, hosted, n_clients=n)
         if rank == 1:
-            print(f"splitlora: data: {data.partition_info['note']}", file=sys.stderr, flush=True)
+            print(f"splitlora: data: {datas[0].partition_info['note']}", file=sys.stderr, flush=True)
     world = init_world(cfg)
-    plan = broadcast_object(RunPlan.make(cfg, data.all_counts, data.source, start_step) if rank == 1 else None,
-                            src=1)
+    plan = broadcast_object(RunPlan.make(cfg, datas[0].all_counts, datas[0].source, start_step) if rank == 1
+                            else None, src=1)
     run_dir = Path(str(broadcast_object(str(Path(cfg.out.dir) / run_name(cfg)) if rank == 0 else None, src=0)))
     if world.is_server:
         _start(cfg, run_dir, {"world_size": world_size, "device": str(world.device), "host": socket.gethostname(),
                               "node_rank": os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID")),
                               "data_source": plan.source, "client_samples": plan.counts,
+                              "clients": len(plan.counts), "clients_per_round": plan.per_round,
                               "local_steps": plan.local_steps, "client_backend": world.client_backend,
                               "client_backend_reason": world.client_backend_reason}, start_step)
         if world.device.type == "cuda":
@@ -180,7 +186,7 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
         if not graceful:
             time.sleep(2.0)  # let the last clients' finish replies leave before the agent stops
     else:
-        graceful = run_client(cfg, world, run_dir, data, plan)
+        graceful = run_client(cfg, world, run_dir, datas, plan)
     del torch
     # A graceful shutdown is a collective of every worker: impossible once a client died.
     shutdown_world(cfg, graceful=graceful)

@@ -37,20 +37,27 @@ from runtime.data.tokenizer import load_bpe
 
 @dataclass
 class RunPlan:
-    counts: list[int]  # training samples per client (index 0 = rank 1)
-    local_steps: int  # steps every client runs
+    counts: list[int]  # training samples per logical client (index 0 = client 1)
+    local_steps: int  # the run's steps: a client trains those of the rounds it is sampled in
     source: str = "e2e"
     start_step: int = 0  # > 0 when resuming from a checkpoint at that step
+    per_round: int = 0  # K: clients sampled per round (0 = every client)
 
     @classmethod
     def make(cls, cfg: Config, counts: list[int], source: str = "e2e", start_step: int = 0) -> RunPlan:
+        per_round = cfg.fed.clients_per_round or len(counts)
         if cfg.train.max_steps:
             steps = cfg.train.max_steps
         else:
-            steps = cfg.train.epochs * math.ceil(sum(counts) / (len(counts) * cfg.train.batch_size))
+            # The K clients of a round together see the training set ``epochs`` times over the run.
+            steps = cfg.train.epochs * math.ceil(sum(counts) / (per_round * cfg.train.batch_size))
         if start_step > steps:
             raise ValueError(f"cannot resume at step {start_step}: the run has only {steps} steps")
-        return cls(list(counts), steps, source, start_step)
+        return cls(list(counts), steps, source, start_step, per_round)
+
+    def client_steps(self) -> int:
+        """Client steps left from ``start_step`` to the end: K per step (the progress bar's total)."""
+        return (self.local_steps - self.start_step) * (self.per_round or len(self.counts))
 
     def checkpoint_due(self, cfg: Config, step: int) -> bool:
         return step == self.local_steps or (cfg.ckpt.every > 0 and step % cfg.ckpt.every == 0)
@@ -109,8 +116,14 @@ class ClientData:
 
 def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientData:
     """Load the training split, partition it for ``n_clients`` and keep shard ``client_index``."""
+    return load_clients_data(cfg, [client_index], n_clients)[0]
+
+
+def load_clients_data(cfg: Config, indices: list[int], n_clients: int) -> list[ClientData]:
+    """The shards of the logical clients ``indices`` (a rank's hosted clients) of a partition over
+    ``n_clients``: the split is read, partitioned and the evaluation set encoded once per rank."""
     if cfg.data.task == "classify":
-        return load_client_texts(cfg, client_index, n_clients)
+        return load_client_texts(cfg, indices, n_clients)
     splits = load_splits(cfg.data.dir, cfg.data.source, synthetic_seed=cfg.train.seed)
     train, valid = splits.train, splits.valid
     if cfg.data.task == "pretrain":  # documents from the references alone (train for training, dev for the loss)
@@ -121,17 +134,21 @@ def load_client_data(cfg: Config, client_index: int, n_clients: int) -> ClientDa
     valid = valid[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else []
     tok = load_bpe(cfg.model.path)
     shards = partition(train, n_clients, cfg.data.partition, seed=cfg.train.seed)
-    mine = [train[i] for i in shards[client_index]]
-    info = (describe_partition(shards, train, parse_scheme(cfg.data.partition).attribute)
-            if cfg.data.task == "finetune" else {"kinds": dict(Counter(d.kind for d in mine))})
     max_len = cfg.data.seq_len
     vocab = run_vocab(cfg)  # None: the full GPT-2 vocabulary
-    return ClientData(encode_items(mine, tok, max_len, vocab), encode_items(valid, tok, max_len, vocab), cfg,
-                      client_index,
-                      splits.source, [len(s) for s in shards], {"all_clients": info, "note": splits.note})
+    encoded_valid = encode_items(valid, tok, max_len, vocab)
+    info = (describe_partition(shards, train, parse_scheme(cfg.data.partition).attribute)
+            if cfg.data.task == "finetune" else None)
+    out = []
+    for index in indices:
+        mine = [train[i] for i in shards[index]]
+        about = info if info is not None else {"kinds": dict(Counter(d.kind for d in mine))}
+        out.append(ClientData(encode_items(mine, tok, max_len, vocab), encoded_valid, cfg, index, splits.source,
+                              [len(s) for s in shards], {"all_clients": about, "note": splits.note}))
+    return out
 
 
-def load_client_texts(cfg: Config, client_index: int, n_clients: int) -> ClientData:
+def load_client_texts(cfg: Config, indices: list[int], n_clients: int) -> list[ClientData]:
     """Classification: the labelled training split partitioned over the clients (label skew with
     ``dirichlet:<alpha>`` / ``pathological``); evaluation on the test split (every example)."""
     from runtime.build import model_config
@@ -143,14 +160,17 @@ def load_client_texts(cfg: Config, client_index: int, n_clients: int) -> ClientD
     train = splits.train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else splits.train
     shards = partition(train, n_clients, cfg.data.partition, seed=cfg.train.seed)
     tok = load_text_tokenizer(cfg.model.path)
-    mine = encode_texts([train[i] for i in shards[client_index]], tok, splits.labels, cfg.data.seq_len)
-    test = encode_texts(splits.test, tok, splits.labels, cfg.data.seq_len)
-    info = describe_partition(shards, train)
-    mine_counts = class_counts(mine, splits.labels)
     pad_id = model_config(cfg).pad_token_id  # the id the encoder reads as padding
     if pad_token_id(tok) != pad_id:
         raise ValueError(f"{cfg.model.path}: tokenizer.json pads with id {pad_token_id(tok)} but config.json's "
                          f"pad_token_id is {pad_id}: the encoder would attend to padding")
-    return ClientData(mine, test, cfg, client_index, splits.source, [len(s) for s in shards],
-                      {"all_clients": info, "note": splits.note, "labels": len(splits.labels),
-                       "class_counts": {k: v for k, v in mine_counts.items() if v}}, pad_id=pad_id)
+    test = encode_texts(splits.test, tok, splits.labels, cfg.data.seq_len)
+    info = describe_partition(shards, train)
+    out = []
+    for index in indices:
+        mine = encode_texts([train[i] for i in shards[index]], tok, splits.labels, cfg.data.seq_len)
+        mine_counts = class_counts(mine, splits.labels)
+        out.append(ClientData(mine, test, cfg, index, splits.source, [len(s) for s in shards],
+                              {"all_clients": info, "note": splits.note, "labels": len(splits.labels),
+                               "class_counts": {k: v for k, v in mine_counts.items() if v}}, pad_id=pad_id))
+    return out

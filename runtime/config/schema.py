@@ -214,8 +214,15 @@ class FedConfig:
     # Client optimizers' lr = train.lr x this (the server keeps train.lr). FedAvg over N clients that each
     # take 1/N of the steps moves an adapter about 1/N as far as one process on all the data.
     client_lr_scale: float = 1.0
+    # Logical clients (docs/clients.md): N clients spread round robin over the client ranks (0 = one
+    # per client rank) and K of them sampled, seeded, each round (0 = all N: full participation).
+    num_clients: int = 0
+    clients_per_round: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.num_clients >= 0, f"fed.num_clients must be >= 0 (0: one per client rank), got {self.num_clients}")
+        _check(self.clients_per_round >= 0,
+               f"fed.clients_per_round must be >= 0 (0: every client), got {self.clients_per_round}")
         _check(self.aggregate_every >= 1, f"fed.aggregate_every must be >= 1, got {self.aggregate_every}")
         _check(self.client_lr_scale > 0, f"fed.client_lr_scale must be > 0, got {self.client_lr_scale}")
         _check(self.weighting in ("samples", "uniform"),
@@ -370,17 +377,18 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
     else:
         _check(world_size >= 2, f"method {cfg.method} needs a server (rank 0) and at least one client: "
                                 f"WORLD_SIZE must be >= 2, got {world_size} (use --nproc_per_node=N+1 for N clients)")
+    n_clients = _check_population(cfg, world_size)
     if cfg.runtime.client_slowdown:
-        _check(len(cfg.runtime.slowdowns(1)) == world_size - 1,
+        _check(len(cfg.runtime.slowdowns(1)) == n_clients,
                f"runtime.client_slowdown gives {len(cfg.runtime.slowdowns(1))} factor(s) but there are "
-               f"{world_size - 1} clients")
+               f"{n_clients} clients")
     _check(cfg.method != "cenlora" or cfg.fed.client_lr_scale == 1.0,
            "fed.client_lr_scale applies to the clients of splitlora/fedlora; cenlora has none")
     ranks = cfg.fed.rank_list()
     if ranks:
         _check(cfg.method != "cenlora", "fed.client_ranks applies to splitlora/fedlora, not cenlora")
-        _check(len(ranks) == world_size - 1,
-               f"fed.client_ranks gives {len(ranks)} rank(s) but there are {world_size - 1} clients")
+        _check(len(ranks) == n_clients,
+               f"fed.client_ranks gives {len(ranks)} rank(s) but there are {n_clients} clients")
         _check(max(ranks) <= cfg.lora.r, f"fed.client_ranks: every r_k must be <= r_G = lora.r = {cfg.lora.r}, "
                                          f"got {cfg.fed.client_ranks}")
     if cfg.train.finetune == "full":
@@ -407,6 +415,39 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
                    "split.client_cuts (per-client cuts) is implemented for fed.strategy=fedavg only")
     _check_lora_layers(cfg, world_size, n_layer)
     _check_classify(cfg)
+
+
+def n_logical_clients(cfg: Config, world_size: int) -> int:
+    """N: ``fed.num_clients``, or one client per client rank."""
+    return cfg.fed.num_clients or max(world_size - 1, 1)
+
+
+def _check_population(cfg: Config, world_size: int) -> int:
+    """Logical clients and sampling; returns N."""
+    f, n_ranks = cfg.fed, world_size - 1
+    n = n_logical_clients(cfg, world_size)
+    if cfg.method == "cenlora":
+        _check(not f.num_clients and not f.clients_per_round,
+               "fed.num_clients / fed.clients_per_round apply to splitlora/fedlora, not cenlora")
+        return n
+    _check(n >= n_ranks, f"fed.num_clients={n} is fewer than the {n_ranks} client ranks: every client rank "
+                         "hosts at least one client")
+    _check(f.clients_per_round <= n, f"fed.clients_per_round={f.clients_per_round} is more than the {n} clients "
+                                     "(fed.num_clients)")
+    hosted, sampled = n > n_ranks, 0 < f.clients_per_round < n
+    if not hosted and not sampled:
+        return n
+    _check(cfg.method == "fedlora", "several clients per rank (fed.num_clients > client ranks) and client sampling "
+                                    "(fed.clients_per_round) run with method fedlora so far; splitlora needs one "
+                                    "client rank per client and full participation")
+    from runtime.strategies import STRATEGIES
+
+    _check(not STRATEGIES[f.strategy].modifies_base,
+           f"fed.strategy={f.strategy} merges every round into the base weights, which the clients of a rank share "
+           "and a sampled-out client would miss: it needs one client rank per client and full participation")
+    _check(cfg.fed.on_client_failure == "abort" or not sampled,
+           "fed.on_client_failure=continue is not supported with client sampling (fed.clients_per_round)")
+    return n
 
 
 def _check_classify(cfg: Config) -> None:

@@ -1,8 +1,10 @@
-"""A client's process (ranks 1..N) for SplitLoRA and FedLoRA.
+"""A client rank's process (ranks 1..R) for SplitLoRA and FedLoRA.
 
-The loop is the same for every strategy: local steps on the private shard (through the
-server for SplitLoRA), strategy hooks around each optimizer step, and every
-``fed.aggregate_every`` steps one aggregation round over the client-only group.
+The loop is the same for every strategy: each round, the rank's sampled clients
+(``runtime/fed/``: one client per rank by default) take their local steps on their
+private shards (through the server for SplitLoRA), strategy hooks around each optimizer
+step, and every ``fed.aggregate_every`` steps one aggregation round over the client-only
+group.
 """
 
 from __future__ import annotations
@@ -19,31 +21,23 @@ import torch.distributed.rpc as rpc
 from models.lora import load_lora_state_dict
 from models.pieces import block_of
 from runtime.aggregate import client_weights
-from runtime.build import (
-    build_full_model,
-    build_part,
-    head_cut,
-    head_parameters,
-    load_trained_state,
-    set_threads,
-    trained_state,
-)
+from runtime.build import build_full_model, build_part, head_cut, set_threads
 from runtime.config import Config
 from runtime.control import coordinator
 from runtime.control.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.control.watchdog import Watchdog
+from runtime.fed.hosted import HostedClient, share_frozen_copy
+from runtime.fed.local_round import LocalRound
+from runtime.fed.population import Population, round_weights
 from runtime.inputs import ClientData, RunPlan
 from runtime.io.artifacts import save_model
-from runtime.io.checkpoint import RoleCheckpoint
+from runtime.io.checkpoint import CheckpointError, load_rank, save_rank, set_rng_state
 from runtime.io.telemetry import now, peak_memory
-from runtime.optim import build_optimizer, build_scheduler
 from runtime.roles.common import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
 from runtime.split.shapes import get_shape
 from runtime.steps import Stepper
-from runtime.strategies import ClientContext, build_strategy
-from runtime.strategies.base import average_in_place
 
 T = TypeVar("T")
 
@@ -54,81 +48,71 @@ def build_client_module(cfg: Config, device: torch.device, cut: int) -> torch.nn
 
 
 class ClientRun:
-    """One client's training run: the state its step loop, probes, checkpoints and collectives share."""
+    """A client rank's training run: the logical clients it hosts (one, or several with
+    ``fed.num_clients``), their rounds, probes, checkpoints and collectives."""
 
-    def __init__(self, cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> None:
+    def __init__(self, cfg: Config, world: World, run_dir: Path, datas: list[ClientData], plan: RunPlan) -> None:
         set_threads(cfg.runtime.client_threads)
-        self.cfg, self.world, self.run_dir, self.data, self.plan = cfg, world, run_dir, data, plan
+        self.cfg, self.world, self.run_dir, self.plan = cfg, world, run_dir, plan
+        n = len(plan.counts)
+        self.population = Population(n, world.n_clients, plan.per_round or n, cfg.train.seed)
         self.cuts = cfg.split.cuts(world.n_clients)
         self.cut = self.cuts[world.client_index]
-        self.module = build_client_module(cfg, world.device, self.cut)
-        self.strategy = build_strategy(cfg.fed.strategy, cfg.fed)
-        t, lr = cfg.train, cfg.train.lr * cfg.fed.client_lr_scale
-        groups = self.strategy.param_groups(self.module, lr)
-        grouped = {id(p) for g in groups for p in g["params"]}
-        self.head = head_parameters(self.module, cfg)  # model.train_head: trained here, averaged every round
-        extra = [p for p in self.head if id(p) not in grouped]  # strategies that list only adapters
-        self.opt = build_optimizer(cfg, groups + ([{"params": extra, "lr": lr}] if extra else []), lr)
-        ranks = cfg.fed.rank_list()
-        self.weights = client_weights(plan.counts, cfg.fed.weighting)
-        self.ctx = ClientContext(module=self.module, optimizer=self.opt, client_index=world.client_index,
-                                 n_clients=world.n_clients, weights=self.weights, group=world.client_group,
-                                 device=world.device, rank_budget=ranks[world.client_index] if ranks else cfg.lora.r,
-                                 global_rank=cfg.lora.r, seed=cfg.train.seed,
-                                 cuts=self.cuts if cfg.method == "splitlora" else None,
-                                 lockstep=cfg.method == "splitlora" and cfg.runtime.order == "round_robin")
-        self.stepper = Stepper(self.module, self.opt, build_scheduler(cfg, self.opt, plan.local_steps), world.device,
-                               t.label_smoothing, t.grad_clip, before_step=lambda: self.strategy.before_step(self.ctx),
-                               after_step=lambda: self.strategy.after_step(self.ctx))
-        self.name = f"client{world.rank}"
-        self.checkpoint = RoleCheckpoint(run_dir, self.name)
+        base = build_client_module(cfg, world.device, self.cut)
+        many = len(datas) > 1 or not self.population.full
+        # Copies first: they share what is frozen now, before any strategy freezes an adapter factor.
+        modules = [base] + [share_frozen_copy(base) for _ in range(len(datas) - 1 + (not self.population.full))]
         # SplitLoRA: the split shape's step through the server; FedLoRA: a whole model here.
         self.shape = get_shape(cfg.split.shape) if cfg.method == "splitlora" else None
         self.codec = CutCodec(cfg.split.cut_dtype, via_host=cfg.runtime.cuda_cut == "host")
-        self.slowdown = cfg.runtime.slowdowns(world.n_clients)[world.client_index]  # parsed once, not per step
+        ranks, slowdowns = cfg.fed.rank_list(), cfg.runtime.slowdowns(n)
+        splitlora = cfg.method == "splitlora"
+        common = {"n_clients": n, "local_steps": plan.local_steps, "device": world.device, "own_rng": many,
+                  "cuts": self.cuts if splitlora else None,
+                  "lockstep": splitlora and cfg.runtime.order == "round_robin"}
+        self.clients = []
+        for module, data in zip(modules, datas):
+            client = HostedClient(cfg, data.client_index, module, data, rank_budget=ranks[data.client_index]
+                                  if ranks else cfg.lora.r, step_fn=self.one_step, **common)
+            client.slowdown = slowdowns[data.client_index]
+            self.clients.append(client)
+        # Sampling: the rank's copy of the global state (docs/clients.md), full rank budget, zero weight.
+        self.listener = None if self.population.full else HostedClient(
+            cfg, datas[0].client_index, modules[-1], datas[0], rank_budget=cfg.lora.r, step_fn=None,
+            listener=True, **common)
+        self.name = f"client{world.rank}"
         self.rounds = 0
-        self.comm_total = {"up_bytes": 0, "down_bytes": 0, "up_params": 0, "down_params": 0}
-        self.probe_pos = 0  # probe batches consumed: a checkpoint carries it
-        self._probe_stream = None
-        self.live = list(range(1, world.world_size))  # clients still in the run (continue policy may drop one)
-        self.ctx.probe = self.probe
-        self.strategy.setup(self.ctx)
+        self.group = world.client_group
+        self.live = list(range(1, world.world_size))  # client ranks still in the run (continue policy)
         if plan.start_step:
             self.restore(plan.start_step)
 
-    def one_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        if self.shape is None:
-            return self.stepper.local_step(batch)
-        return self.shape.client_step(self.stepper, self.world.rank, batch, self.codec, self.cut,
-                                      head_cut(self.cfg, self.module.config.n_layer))
+    @property
+    def first(self) -> HostedClient:
+        return self.clients[0]
 
-    def probe(self, n: int) -> None:
-        """n training steps that update nothing on the server and leave the schedule where it was."""
-        if self._probe_stream is None:  # a separate pass for probes; leaves the main order alone
-            self._probe_stream = self.data.batches(10**9, start_step=self.probe_pos)
-        sched_state = self.stepper.sched.state_dict()
-        lrs = [g["lr"] for g in self.opt.param_groups]  # the scheduler's load_state_dict leaves these advanced
-        self.stepper.update_server = False
-        try:
-            for _ in range(n):
-                self.one_step(next(self._probe_stream))
-                self.probe_pos += 1
-        finally:
-            self.stepper.update_server = True
-            self.stepper.sched.load_state_dict(sched_state)  # probes do not advance the schedule
-            for g, lr in zip(self.opt.param_groups, lrs):
-                g["lr"] = lr
+    def one_step(self, stepper: Stepper, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if self.shape is None:
+            return stepper.local_step(batch)
+        return self.shape.client_step(stepper, self.world.rank, batch, self.codec, self.cut,
+                                      head_cut(self.cfg, stepper.module.config.n_layer))
 
     def restore(self, step: int) -> None:
-        state = self.checkpoint.restore(step, self.opt, self.stepper.sched)
-        load_trained_state(self.module, state["lora"], self.cfg)
-        if state.get("base"):
-            self.module.load_state_dict(state["base"], strict=False)
-        self.strategy.load_state_dict(state["strategy"])
-        self.rounds, self.probe_pos, self.comm_total = state["rounds"], state["probe_pos"], dict(state["comm_total"])
+        state = load_rank(self.run_dir, step, self.name)
+        entries = state["clients"]
+        if [e["index"] for e in entries] != [c.index for c in self.clients]:
+            raise CheckpointError(f"{self.name}'s checkpoint holds clients {[e['index'] + 1 for e in entries]}, "
+                                  f"this rank hosts {[c.index + 1 for c in self.clients]}")
+        for client, entry in zip(self.clients, entries):
+            client.load_state_dict(entry)
+        if self.listener is not None:
+            self.listener.load_state_dict(state["listener"])
+        self.rounds = state["rounds"]
+        set_rng_state(state["rng"])
 
     def collective(self, fn: Callable[[], T]) -> T:
-        """A client-group collective that survives one dead client under ``fed.on_client_failure=continue``."""
+        """A client-group collective that survives one dead client rank under
+        ``fed.on_client_failure=continue`` (the rank's clients leave the run with it)."""
         cfg, world = self.cfg, self.world
         try:
             return fn()
@@ -141,42 +125,47 @@ class ClientRun:
                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             dead = wait_for_dropped_client(cfg)
             self.live.remove(dead)
-            self.ctx.group = world.fallback_groups[dead]
-            total = sum(w for i, w in enumerate(self.weights) if i + 1 != dead)
-            self.ctx.weights = [0.0 if i + 1 == dead else w / total for i, w in enumerate(self.weights)]
+            self.group = world.fallback_groups[dead]
             return fn()
 
     def save_checkpoint(self, step: int) -> None:
-        module = self.module
-        base = ({k: v for k, v in module.state_dict().items() if ".adapters." not in k}
-                if self.strategy.modifies_base else {})
-        self.checkpoint.save(step, trained_state(module, self.cfg), self.opt, self.stepper.sched, base=base,
-                             strategy=self.strategy.state_dict(), rounds=self.rounds, probe_pos=self.probe_pos,
-                             comm_total=self.comm_total)
-        self.collective(lambda: group_barrier(self.ctx.group, self.world.device))  # every client has written its file
+        save_rank(self.run_dir, step, self.name, {
+            "clients": [c.state_dict() for c in self.clients], "rounds": self.rounds,
+            "listener": self.listener.state_dict() if self.listener is not None else None})
+        self.collective(lambda: group_barrier(self.group, self.world.device))  # every client has written its file
         if self.world.rank == self.live[0]:
             rpc.rpc_sync(SERVER, coordinator.coord_checkpoint, args=(step,))  # server file + ckpt/latest
-        self.collective(lambda: group_barrier(self.ctx.group, self.world.device))
+        self.collective(lambda: group_barrier(self.group, self.world.device))
+
+    def participants(self, round_idx: int) -> list[HostedClient]:
+        """This rank's clients that train in round ``round_idx``."""
+        sampled = set(self.population.sample(round_idx))
+        return [c for c in self.clients if c.index in sampled]
 
     def train(self) -> tuple[list[dict[str, Any]], float]:
-        """The local steps with their aggregation rounds; returns the step records and the wall time."""
-        plan, every = self.plan, self.cfg.fed.aggregate_every
+        """The rounds' local steps with their aggregations; returns the step records and the wall time."""
+        plan, every, rank = self.plan, self.cfg.fed.aggregate_every, self.world.rank
         buffer: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []
         pending = []
         t_start = now()
-        for step, batch in enumerate(self.data.batches(plan.local_steps, plan.start_step), start=plan.start_step + 1):
-            maybe_inject_fault(self.world.rank, step)
+        participants = self.participants(plan.start_step // every + 1)
+        for step in range(plan.start_step + 1, plan.local_steps + 1):
+            round_idx = (step - 1) // every + 1
+            maybe_inject_fault(rank, step)
             if (step - 1) % every == 0:
-                self.strategy.begin_round(self.ctx, self.rounds + 1)
-            rec = self._timed_step(step, batch)
-            records.append(rec)
-            buffer.append(rec)
+                participants = self.participants(round_idx)
+                self._begin_round(participants, round_idx, step - 1)
+            for client in participants:  # client order: the same global order on any number of ranks
+                with client.active():
+                    rec = client.timed_step(step, round_idx, rank)
+                records.append(rec)
+                buffer.append(rec)
             if step % every == 0 or step == plan.local_steps:
-                buffer.append(self._aggregate(step))
-            if test_due(self.cfg, step) and self.world.rank == self.live[0]:
-                buffer.append(test_record(self.module, self.data, self.world.device, step, self.rounds,
-                                          client=self.world.rank))
+                buffer.extend(self._aggregate(step, round_idx, participants))
+            if test_due(self.cfg, step) and rank == self.live[0]:
+                buffer.append(test_record(self.global_view(), self.first.data, self.world.device, step, self.rounds,
+                                          client=rank))
             if len(buffer) >= LOG_FLUSH:
                 pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
                 buffer = []
@@ -189,68 +178,71 @@ class ClientRun:
             fut.wait()
         return records, wall
 
-    def _timed_step(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """One local step (stretched for a simulated slow device) and its metrics record."""
-        t0 = now()
-        out = self.one_step(batch)
-        slowdown = self.slowdown
-        if slowdown > 1.0:
-            # A slower device: stretch this client's own compute (not the server's, not the wire).
-            own = sum(out["time"].get(k, 0.0) for k in ("client_fwd", "client_bwd", "client_opt", "fwd", "bwd", "opt"))
-            out["time"]["straggler_sleep"] = (slowdown - 1.0) * own
-            time.sleep(out["time"]["straggler_sleep"])
-        mask = batch["loss_mask"]  # [B, T]
-        rec = {"kind": "step", "client": self.world.rank, "step": step, "loss": out["loss"], "t": time.time(),
-               "step_time": now() - t0, "tokens": int(mask.numel()), "examples": int(mask.shape[0]),
-               "loss_tokens": int(mask.sum()), "lr": self.stepper.sched.get_last_lr()[0], "time": out["time"]}
-        rec["tokens_per_s"] = rec["tokens"] / rec["step_time"]
-        for k in ("bytes_up", "bytes_down", "server_opt_compute"):
-            if k in out:
-                rec[k] = out[k]
-        return rec
+    def _begin_round(self, participants: list[HostedClient], round_idx: int, steps_before: int) -> None:
+        if self.listener is not None:
+            self.listener.strategy.begin_round(self.listener.ctx, round_idx)
+        for client in participants:
+            with client.active():
+                client.catch_up(self.listener, round_idx - 1)
+                client.align_schedule(steps_before)
+                client.strategy.begin_round(client.ctx, round_idx)
 
-    def _aggregate(self, step: int) -> dict[str, Any]:
-        """One aggregation round over the client group; returns its metrics record."""
+    def _aggregate(self, step: int, round_idx: int, participants: list[HostedClient]) -> list[dict[str, Any]]:
+        """One aggregation round over the client group; returns each participant's metrics record."""
         self.rounds += 1
         t0 = now()
-        stats = self.collective(lambda r=self.rounds: self.strategy.aggregate(self.ctx, r)).as_dict()
-        if self.head:  # a trained head: FedAvg of its weights, whatever the strategy does with the adapters
-            head = self.collective(lambda: average_in_place(self.head, self.ctx)).as_dict()
-            stats = {k: v + head[k] for k, v in stats.items()}
-        for k, v in stats.items():
-            self.comm_total[k] += v
-        return {"kind": "aggregate", "client": self.world.rank, "step": step, "round": self.rounds, "t": time.time(),
-                "strategy": self.strategy.name, "time": now() - t0, "bytes": stats["up_bytes"], **stats,
-                **{f"cum_{k}": v for k, v in self.comm_total.items()}}
+        seats = participants + ([self.listener] if self.listener is not None else [])
+
+        def once() -> list[dict[str, int]]:
+            live = [k for k in self.population.sample(round_idx) if self.population.rank_of(k) in self.live]
+            weights = round_weights(self.plan.counts, live, self.cfg.fed.weighting)
+            local = LocalRound(self.group, len(seats), frozenset({len(participants)} if self.listener else ()),
+                               timeout=self.cfg.runtime.rpc_timeout)
+            single = len(seats) == 1  # the one-client-per-rank collective, exactly (FLoRA's all_gather too)
+            return local.run([lambda seat, c=c: c.aggregate(round_idx, self.group if single else seat, weights)
+                              for c in seats])
+
+        stats = self.collective(once)
+        took = now() - t0
+        return [{"kind": "aggregate", "client": c.index + 1, "rank": self.world.rank, "step": step,
+                 "round": self.rounds, "t": time.time(), "strategy": c.strategy.name, "time": took,
+                 "bytes": st["up_bytes"], **st, **{f"cum_{k}": v for k, v in c.comm_total.items()}}
+                for c, st in zip(participants, stats)]
+
+    def global_view(self) -> torch.nn.Module:
+        """The model this rank evaluates and exports: its first client's, holding the global state."""
+        self.first.catch_up(self.listener, self.rounds)
+        return self.first.module
 
     def summarize(self, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-        """Validation and evaluation (first live client only) and this client's summary."""
-        cfg, world = self.cfg, self.world
-        memory = peak_memory(world.device, self.module)  # training only: the first client assembles the whole model
+        """Validation and evaluation (first live client rank only) and this rank's summary."""
+        cfg, world, first = self.cfg, self.world, self.first
+        memory = peak_memory(world.device, first.module)  # training only: the first client assembles the whole model
         val, eval_scores = None, None
         if cfg.fed.on_client_failure == "continue":
             self.live[:] = rpc.rpc_sync(SERVER, coordinator.coord_live_clients)
         if world.rank == self.live[0]:
             # The first client assembles the whole trained model (aggregated client part +
             # server part); the server only ever hands out its own adapters.
-            whole = assemble_whole_model(cfg, self.module, self.cut).to(world.device)
+            whole = assemble_whole_model(cfg, self.global_view(), self.cut).to(world.device)
             if cfg.out.save_model:
-                save_model(self.run_dir, whole, cfg, with_base=self.strategy.modifies_base)
-            val, eval_scores = final_eval(cfg, whole, self.data.eval_batches(), self.run_dir, world.device)
-        return {"host": socket.gethostname(), "samples": self.data.n_samples,
-                "weight": self.weights[world.client_index], "steps": self.plan.local_steps, "wall_s": wall,
-                "rank_budget": self.ctx.rank_budget, "strategy": self.strategy.name,
-                "aggregation_rounds": self.rounds, "aggregation_bytes": self.comm_total["up_bytes"],
-                "comm": self.comm_total, "val_loss": val, "eval": eval_scores,
+                save_model(self.run_dir, whole, cfg, with_base=first.strategy.modifies_base)
+            val, eval_scores = final_eval(cfg, whole, first.data.eval_batches(), self.run_dir, world.device)
+        comm = {k: sum(c.comm_total[k] for c in self.clients) for k in first.comm_total}
+        return {"host": socket.gethostname(), "samples": sum(c.data.n_samples for c in self.clients),
+                "weight": sum(client_weights(self.plan.counts, cfg.fed.weighting)[c.index] for c in self.clients),
+                "steps": self.plan.local_steps, "wall_s": wall, "rank_budget": first.ctx.rank_budget,
+                "strategy": first.strategy.name, "aggregation_rounds": self.rounds,
+                "aggregation_bytes": comm["up_bytes"], "comm": comm, "val_loss": val, "eval": eval_scores,
                 "bytes_up": sum(r.get("bytes_up", 0) for r in records),
                 "bytes_down": sum(r.get("bytes_down", 0) for r in records),
-                "data": self.data.describe(), "memory": memory, "memory_final": peak_memory(world.device),
-                "records": records}
+                "data": first.data.describe(), "memory": memory, "memory_final": peak_memory(world.device),
+                "hosted": {str(c.index + 1): c.summary() for c in self.clients}, "records": records}
 
 
-def run_client(cfg: Config, world: World, run_dir: Path, data: ClientData, plan: RunPlan) -> bool:
-    """Train this client; returns False when a client dropped out (then RPC shuts down non-gracefully)."""
-    run = ClientRun(cfg, world, run_dir, data, plan)
+def run_client(cfg: Config, world: World, run_dir: Path, datas: list[ClientData], plan: RunPlan) -> bool:
+    """Train this rank's clients; returns False when a client dropped out (then RPC shuts down non-gracefully)."""
+    run = ClientRun(cfg, world, run_dir, datas, plan)
 
     def on_server_failure(peer: str, exc: BaseException) -> None:
         abort(world.role, f"the server is unreachable ({type(exc).__name__}); it failed or was killed")

@@ -29,7 +29,7 @@ from runtime.split import server as split_server
 def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[str, Any]:
     set_threads(server_thread_count(cfg))
     writer = MetricsWriter(run_dir / "metrics.jsonl", cfg.out.tensorboard)
-    coord = coordinator.Coordinator(writer, world.n_clients, (plan.local_steps - plan.start_step) * world.n_clients)
+    coord = coordinator.Coordinator(writer, world.n_clients, plan.client_steps())
     coordinator.install(coord)
     checkpoint = RoleCheckpoint(run_dir, "server")
     if cfg.method == "splitlora":
@@ -69,6 +69,11 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     val = next((c.get("val_loss") for c in coord.finished.values() if c.get("val_loss") is not None), None)
     summary = run_summary(cfg, plan, records, wall, val, clients)
     summary["eval"] = next((c.get("eval") for c in coord.finished.values() if c.get("eval")), None)
+    summary["clients_per_round"] = plan.per_round or len(plan.counts)
+    summary["client_ranks"] = world.n_clients
+    # Per logical client (docs/clients.md): samples, rank budget, rounds taken part in, steps, bytes.
+    summary["logical_clients"] = dict(sorted(((k, v) for c in clients.values() for k, v in c.get("hosted", {}).items()),
+                                             key=lambda kv: int(kv[0])))
     srv = split_server.current()
     summary["server_memory"] = peak_memory(world.device, srv.part if srv is not None else None)
     if srv is not None:  # one update per client step (sequential) or per batch (batched)

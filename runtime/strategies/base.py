@@ -25,16 +25,17 @@ from torch import nn
 
 from models.lora import LoRAAdapter, iter_lora_adapters
 from runtime.aggregate import on_backend_device
+from runtime.fed.local_round import Seat
 
 
 @dataclass
 class ClientContext:
     module: nn.Module  # this client's trainable part: the client part (SplitLoRA) or whole model (FedLoRA)
     optimizer: torch.optim.Optimizer
-    client_index: int  # 0-based (rank - 1)
+    client_index: int  # 0-based logical client (rank - 1 with one client per rank)
     n_clients: int
     weights: list[float]  # w_k of every client, sum 1
-    group: dist.ProcessGroup | None  # the client-only group
+    group: dist.ProcessGroup | Seat | None  # the client-only group (a Seat when a rank hosts several)
     device: torch.device
     rank_budget: int  # r_k: this client's rank / communication budget
     global_rank: int  # r_G: the adapters' allocated rank
@@ -103,6 +104,13 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         pass
 
+    def global_parameters(self, ctx: ClientContext) -> list[torch.Tensor]:
+        """What aggregation makes equal on every client: a sampled client that missed rounds copies
+        these from its rank's copy of the global state before it trains (its rank budget then
+        applies, ``runtime/fed/hosted.py``). Default: both factors of every adapter."""
+        params = [p for _, a in ctx.adapters() for p in (a.lora_A, a.lora_B)]
+        return params or [p for p in ctx.module.parameters() if p.requires_grad]  # full fine-tuning
+
 
 def average_in_place(params: list[torch.Tensor], ctx: ClientContext) -> CommStats:
     """Replace each tensor by its sample-weighted mean over the clients, sum_k w_k p_k, with one
@@ -116,12 +124,16 @@ def average_in_place(params: list[torch.Tensor], ctx: ClientContext) -> CommStat
     return CommStats(up_params=n, up_bytes=nbytes, down_params=n, down_bytes=nbytes)
 
 
-def flat_allreduce_sum(tensors: list[torch.Tensor], group: dist.ProcessGroup | None) -> list[torch.Tensor]:
+def flat_allreduce_sum(tensors: list[torch.Tensor], group: dist.ProcessGroup | Seat | None) -> list[torch.Tensor]:
     """Sum each tensor over the group with one collective on one flat fp32 buffer."""
     if not tensors:
         return []
-    flat = on_backend_device(torch.cat([t.detach().reshape(-1).float() for t in tensors]), group)  # (sum numel,)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])  # (sum numel,)
+    if isinstance(group, Seat):  # one of several clients a rank hosts: runtime/fed/local_round.py
+        flat = group.allreduce_sum(flat)
+    else:
+        flat = on_backend_device(flat, group)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     flat = flat.to(tensors[0].device)
     out, offset = [], 0
     for t in tensors:

@@ -35,3 +35,6 @@ class FedSA(Strategy):
 
     def aggregate(self, ctx: ClientContext, round_idx: int) -> CommStats:
         return average_in_place([a.lora_A for _, a in ctx.adapters()], ctx)
+
+    def global_parameters(self, ctx: ClientContext) -> list[Tensor]:
+        return [a.lora_A for _, a in ctx.adapters()]  # B stays the client's own
