@@ -28,7 +28,8 @@ from runtime.io.artifacts import atomic_write_bytes, torch_save
 
 # Fields a resumed run may not change: they define the model, the split or the federation.
 FROZEN_FIELDS = ("method", "model.name", "model.path", "split.cut", "lora.r", "lora.alpha", "lora.targets",
-                 "fed.strategy", "fed.client_ranks", "fed.aggregate_every", "train.seed", "train.batch_size",
+                 "fed.strategy", "fed.client_ranks", "fed.aggregate_every", "fed.num_clients", "fed.clients_per_round",
+                 "train.seed", "train.batch_size",
                  "train.max_steps", "train.epochs", "data.partition", "data.source", "data.max_train_examples")
 
 
