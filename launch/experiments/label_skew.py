@@ -6,8 +6,9 @@ federated LoRA methods × ranks × label skew, with test accuracy per round.
         --out runs/label-skew
     python -m launch.experiments.label_skew ... --arms ablation --ranks 1 --skews 0.01   # Fig. 6
 
-Every run is FedLoRA (``launch.train --method=fedlora``) with ``--clients`` clients on one
-partition per skew (``dirichlet:<alpha>`` over labels, or ``pathological``), the same budget
+Every run is FedLoRA (``launch.train --method=fedlora``) with ``--clients`` clients (on
+``--client-ranks`` processes: 0 gives each client its own; any number gives the same run, to
+1e-6, see docs/clients.md) on one partition per skew (``dirichlet:<alpha>`` over labels, or ``pathological``), the same budget
 for every arm of a table: ``--rounds`` aggregation rounds of ``--steps-per-round`` local steps
 of ``--batch`` examples, lr ``--lr``, LoRA alpha 16 on the six linear modules of every layer,
 no dropout, no label smoothing, the frozen random head; test accuracy after every round.
@@ -82,7 +83,7 @@ def run_args(a: argparse.Namespace, arm_args: list[str], skew: str, seed: int) -
             "--train.warmup_steps=0", "--train.weight_decay=0", "--train.label_smoothing=0",
             f"--train.seed={seed}", f"--fed.aggregate_every={a.steps_per_round}",
             f"--eval.every={a.steps_per_round * a.eval_rounds}", "--runtime.order=round_robin",
-            "--out.tensorboard=false", *arm_args, *a.extra]
+            "--out.tensorboard=false", f"--fed.num_clients={a.clients}", *arm_args, *a.extra]
 
 
 def collect(run_dir: Path) -> dict[str, Any] | None:
@@ -92,7 +93,7 @@ def collect(run_dir: Path) -> dict[str, Any] | None:
         return None
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     tests = [r for r in map(json.loads, lines) if r.get("kind") == "test"]
-    clients = summary["clients"].values()
+    clients = (summary.get("logical_clients") or summary["clients"]).values()  # per logical client
     return {"rounds": [t["round"] for t in tests], "accuracy": [t["accuracy"] for t in tests],
             "final": summary["eval"], "up_params_per_client": max(c["comm"]["up_params"] for c in clients),
             "wall_s": summary["wall_s"]}
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True)
     ap.add_argument("--arms", default="main", choices=("main", "ablation", "hetero"))
     ap.add_argument("--clients", type=int, default=30)
+    ap.add_argument("--client-ranks", type=int, default=0,
+                    help="client processes hosting the clients (0: one per client); the same run on any number")
     ap.add_argument("--ranks", default="1,8")
     ap.add_argument("--skews", default="0.5,0.01", help="Dirichlet alphas, pathological[:k] or iid, comma list")
     ap.add_argument("--seeds", default="110")
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         scaled = "-matched" if a.match_scaling and "--fed.strategy=lora-a2" in arm_args else ""
         name = f"{a.arms}-{label}{scaled}-r{r}-{skew.replace(':', '')}-s{seed}".replace("+", "").replace("=", "")
         progress.say(i, name, "training")
-        what, rc = common.train(a.clients + 1, run_args(a, arm_args, skew, seed), out / "runs" / name,
+        nproc = (a.client_ranks or a.clients) + 1  # the server + the client ranks hosting the clients
+        what, rc = common.train(nproc, run_args(a, arm_args, skew, seed), out / "runs" / name,
                                 out / "logs" / f"{name}.log")
         failed += rc != 0
         rec = collect(out / "runs" / name)

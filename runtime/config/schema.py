@@ -214,10 +214,9 @@ class FedConfig:
     # Client optimizers' lr = train.lr x this (the server keeps train.lr). FedAvg over N clients that each
     # take 1/N of the steps moves an adapter about 1/N as far as one process on all the data.
     client_lr_scale: float = 1.0
-    # Logical clients (docs/clients.md): N clients spread round robin over the client ranks (0 = one
-    # per client rank) and K of them sampled, seeded, each round (0 = all N: full participation).
-    num_clients: int = 0
-    clients_per_round: int = 0
+    # Logical clients (docs/clients.md): many clients per client rank, and client sampling.
+    num_clients: int = 0  # N logical clients, round robin over the client ranks (0 = one per client rank)
+    clients_per_round: int = 0  # K clients sampled (seeded) each round (0 = all N: full participation)
 
     def __post_init__(self) -> None:
         _check(self.num_clients >= 0, f"fed.num_clients must be >= 0 (0: one per client rank), got {self.num_clients}")
