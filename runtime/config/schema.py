@@ -436,9 +436,13 @@ def _check_population(cfg: Config, world_size: int) -> int:
     hosted, sampled = n > n_ranks, 0 < f.clients_per_round < n
     if not hosted and not sampled:
         return n
-    _check(cfg.method == "fedlora", "several clients per rank (fed.num_clients > client ranks) and client sampling "
-                                    "(fed.clients_per_round) run with method fedlora so far; splitlora needs one "
-                                    "client rank per client and full participation")
+    if cfg.method == "splitlora":
+        _check(not cfg.split.client_cuts, "split.client_cuts gives one cut per client rank; it does not combine "
+                                          "with several clients per rank or client sampling")
+        _check(cfg.runtime.order == "arrival" or (not sampled and n % n_ranks == 0),
+               f"runtime.order=round_robin admits the client ranks in turn, so every rank must run as many client "
+               f"steps as the others: full participation and fed.num_clients ({n}) a multiple of the {n_ranks} client "
+               "ranks; or use runtime.order=arrival")
     from runtime.strategies import STRATEGIES
 
     _check(not STRATEGIES[f.strategy].modifies_base,

@@ -93,8 +93,8 @@ def _start_split_server(cfg: Config, world: World, plan: RunPlan, coord: coordin
     part.train()
     params = trainable_parameters(part)
     opt = build_optimizer(cfg, params)
-    # The server steps once per client step: K clients x local steps in total.
-    sched = build_scheduler(cfg, opt, plan.local_steps * world.n_clients)
+    # The server steps once per client step: K (sampled) clients x the run's steps in total.
+    sched = build_scheduler(cfg, opt, plan.local_steps * (plan.per_round or len(plan.counts)))
     server = split_server.SplitServer(
         part, opt, sched, device=world.device, clients=list(range(1, world.world_size)),
         order=cfg.runtime.order, label_smoothing=cfg.train.label_smoothing, timeout=cfg.runtime.rpc_timeout,
