@@ -9,9 +9,10 @@ federated LoRA methods × ranks × label skew, with test accuracy per round.
 Every run is FedLoRA (``launch.train --method=fedlora``) with ``--clients`` clients (on
 ``--client-ranks`` processes: 0 gives each client its own; any number gives the same run, to
 1e-6, see docs/clients.md) on one partition per skew (``dirichlet:<alpha>`` over labels, or
-``pathological``), the same budget for every arm of a table: ``--rounds`` aggregation rounds of ``--steps-per-round`` local steps
-of ``--batch`` examples, lr ``--lr``, LoRA alpha 16 on the six linear modules of every layer,
-no dropout, no label smoothing, the frozen random head; test accuracy after every round.
+``pathological``), the same budget for every arm of a table: ``--rounds`` aggregation rounds of
+``--steps-per-round`` local steps of ``--batch`` examples, lr ``--lr``, LoRA alpha 16 on the
+six linear modules of every layer, no dropout, no label smoothing, the frozen random head; test
+accuracy after every round.
 
 Arms (``--arms``; how the paper's rank r maps to each):
   main:      fedavg (FL+LoRA), ffa (FFA-LoRA), flexlora at r; lora-a2 with r_G = ``--global-rank``
