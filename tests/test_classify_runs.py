@@ -150,7 +150,8 @@ def test_a_trained_head_is_averaged_among_clients_and_resumes(tmp_path, encoder_
             "--train.max_steps=6", "--fed.aggregate_every=3", "--ckpt.every=3"]
     full = torchrun(3, args, tmp_path, "full")
     assert full.rc == 0, full.stderr[-3000:]
-    heads = [torch.load(full.run_dir / f"ckpt/step_6/client{r}.pt", weights_only=True)["lora"] for r in (1, 2)]
+    heads = [torch.load(full.run_dir / f"ckpt/step_6/client{r}.pt", weights_only=True)["clients"][0]["lora"]
+             for r in (1, 2)]
     keys = [k for k in heads[0] if k.startswith("head.")]
     assert keys and all(torch.equal(heads[0][k], heads[1][k]) for k in keys)
     head_params = sum(heads[0][k].numel() for k in keys)

@@ -29,8 +29,8 @@ def test_two_clients_at_different_cuts(tmp_path):
     first = next(r for r in run.metrics() if r.get("kind") == "step" and r["client"] == 1 and r["step"] == 1)
     assert abs(first["loss"] - ref.item()) < 1e-5
     # Aggregation covers the blocks both clients hold (0, 1); block 2 is client 2's alone.
-    c1 = torch.load(run.run_dir / "ckpt/step_3/client1.pt", weights_only=True)["lora"]
-    c2 = torch.load(run.run_dir / "ckpt/step_3/client2.pt", weights_only=True)["lora"]
+    c1 = torch.load(run.run_dir / "ckpt/step_3/client1.pt", weights_only=True)["clients"][0]["lora"]
+    c2 = torch.load(run.run_dir / "ckpt/step_3/client2.pt", weights_only=True)["clients"][0]["lora"]
     shared = [k for k in c1 if ".h.0." in k or ".h.1." in k]
     assert shared and all(torch.equal(c1[k], c2[k]) for k in shared)
     assert not any(".h.2." in k for k in c1) and any(".h.2." in k for k in c2)

@@ -68,8 +68,8 @@ def test_fedlora_full_fine_tuning_averages_whole_models(pretrained_base, tmp_pat
     run = torchrun(3, [f"--model.path={pretrained_base}", "--method=fedlora", "--train.finetune=full",
                        "--train.max_steps=4", "--fed.aggregate_every=1", "--train.lr=1e-3"], tmp_path, timeout=240)
     assert run.rc == 0, run.stderr[-3000:]
-    c1 = torch.load(run.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["lora"]
-    c2 = torch.load(run.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["lora"]
+    c1 = torch.load(run.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["clients"][0]["lora"]
+    c2 = torch.load(run.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["clients"][0]["lora"]
     assert "transformer.wte.weight" in c1 and "transformer.h.0.mlp.c_fc.weight" in c1
     assert all(torch.equal(c1[k], c2[k]) for k in c1)  # every weight averaged, the last step included
     aggs = [r for r in run.metrics() if r.get("kind") == "aggregate"]

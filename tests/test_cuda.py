@@ -64,8 +64,8 @@ def test_fedavg_over_the_client_group_equals_the_cpu_result(tmp_path, n_clients)
     assert len([r for r in dev.metrics() if r.get("kind") == "aggregate"]) == 4 * n_clients
     _close(_lora(dev), _lora(cpu), 1e-4)
     if n_clients == 2:
-        c1 = torch.load(dev.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["lora"]
-        c2 = torch.load(dev.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["lora"]
+        c1 = torch.load(dev.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["clients"][0]["lora"]
+        c2 = torch.load(dev.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["clients"][0]["lora"]
         assert all(torch.equal(c1[k], c2[k]) for k in c1)  # the all_reduce left every client the same average
 
 

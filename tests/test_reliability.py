@@ -103,8 +103,8 @@ def test_continue_policy_finishes_without_the_dead_client(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert list(summary["dropped_clients"]) == ["2"]
     assert sorted(summary["clients"]) == ["1", "3"]
-    c1 = torch.load(tmp_path / "run/ckpt/step_6/client1.pt", weights_only=True)["lora"]
-    c3 = torch.load(tmp_path / "run/ckpt/step_6/client3.pt", weights_only=True)["lora"]
+    c1 = torch.load(tmp_path / "run/ckpt/step_6/client1.pt", weights_only=True)["clients"][0]["lora"]
+    c3 = torch.load(tmp_path / "run/ckpt/step_6/client3.pt", weights_only=True)["clients"][0]["lora"]
     assert all(torch.equal(c1[k], c3[k]) for k in c1)  # survivors still aggregate together
 
 

@@ -30,7 +30,7 @@ def test_one_client_u_split_equals_centralized(tmp_path):
     moved = {k.split(".")[2] for k in b if k.endswith("lora_B") and b[k].abs().sum() > 0}
     assert moved == {"0", "1", "2", "3"}  # front, middle and back end all trained
     assert abs(cen.summary()["loss_last"] - u.summary()["loss_last"]) < 1e-5
-    client = torch.load(u.run_dir / "ckpt/step_6/client1.pt", weights_only=True)["lora"]
+    client = torch.load(u.run_dir / "ckpt/step_6/client1.pt", weights_only=True)["clients"][0]["lora"]
     server = torch.load(u.run_dir / "ckpt/step_6/server.pt", weights_only=True)["lora"]
     assert {k.split(".")[2] for k in client} == {"0", "3"} and {k.split(".")[2] for k in server} == {"1", "2"}
 
@@ -86,7 +86,7 @@ def test_every_strategy_trains_in_u_shape(tmp_path, strategy):
     assert s["loss_last"] < s["loss_first"], (s["loss_first"], s["loss_last"])
     aggs = [r for r in run.metrics() if r.get("kind") == "aggregate"]
     assert len(aggs) == 2 * 2
-    client = torch.load(run.run_dir / "ckpt/step_6/client1.pt", weights_only=True)["lora"]
+    client = torch.load(run.run_dir / "ckpt/step_6/client1.pt", weights_only=True)["clients"][0]["lora"]
     assert {k.split(".")[2] for k in client} == {"0", "3"}  # the back end's adapters are the client's too
 
 

@@ -158,7 +158,7 @@ def test_resume_from_a_mid_round_checkpoint_is_bitwise(runs, resumed, strategy, 
 def test_fedsa_reports_client_1s_b_with_the_shared_a(runs, method):
     run = runs[("fedsa", method)]
     exported = load_file(str(run.run_dir / "model/lora.safetensors"))
-    c1, c2 = (load_rank(run.run_dir, STEPS, f"client{c}")["lora"] for c in (1, 2))
+    c1, c2 = (load_rank(run.run_dir, STEPS, f"client{c}")["clients"][0]["lora"] for c in (1, 2))
     for k, v in c1.items():
         assert torch.equal(exported[k], v), k  # client 1's adapters, as they are
         if k.endswith("lora_A"):

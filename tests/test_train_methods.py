@@ -67,8 +67,8 @@ def test_two_clients_aggregated_every_step_hold_equal_adapters(tmp_path):
     run = torchrun(3, ["--train.max_steps=4", "--fed.aggregate_every=1", "--data.partition=dirichlet:0.5"],
                    tmp_path)
     assert run.rc == 0, run.stderr[-3000:]
-    c1 = torch.load(run.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["lora"]
-    c2 = torch.load(run.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["lora"]
+    c1 = torch.load(run.run_dir / "ckpt/step_4/client1.pt", weights_only=True)["clients"][0]["lora"]
+    c2 = torch.load(run.run_dir / "ckpt/step_4/client2.pt", weights_only=True)["clients"][0]["lora"]
     assert c1.keys() == c2.keys() and c1
     for k in c1:
         assert torch.equal(c1[k], c2[k]), k

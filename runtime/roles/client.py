@@ -99,6 +99,9 @@ class ClientRun:
 
     def restore(self, step: int) -> None:
         state = load_rank(self.run_dir, step, self.name)
+        if "clients" not in state:
+            raise CheckpointError(f"{self.run_dir}: {self.name}'s checkpoint of step {step} predates logical clients "
+                                  "(one entry per hosted client); it cannot be resumed by this version")
         entries = state["clients"]
         if [e["index"] for e in entries] != [c.index for c in self.clients]:
             raise CheckpointError(f"{self.name}'s checkpoint holds clients {[e['index'] + 1 for e in entries]}, "
