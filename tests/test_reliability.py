@@ -112,3 +112,19 @@ def test_too_many_clients_for_the_data(tmp_path):
     run = torchrun(4, ["--data.max_train_examples=2"], tmp_path)
     assert run.rc != 0
     assert "client" in run.stderr and "splitlora: error" in run.stderr
+
+
+@pytest.mark.heavy
+def test_continue_policy_drops_a_rank_with_every_client_it_hosts(tmp_path):
+    procs = spawn_ranks(4, ["--method=fedlora", "--fed.num_clients=6", "--train.max_steps=6", "--fed.aggregate_every=2",
+                            "--runtime.rpc_timeout=20", "--fed.on_client_failure=continue"], tmp_path,
+                        env={"SPLITLORA_INJECT_FAULT": "kill:2:3"})
+    results = wait_all(procs, timeout=150)
+    assert results[0][0] == 0 and results[1][0] == 0 and results[3][0] == 0, results[0][1][-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(summary["dropped_clients"]) == ["2"]
+    assert sorted(summary["logical_clients"], key=int) == ["1", "3", "4", "6"]  # rank 2 hosted clients 2 and 5
+    entries = [e for r in (1, 3) for e in torch.load(tmp_path / f"run/ckpt/step_6/client{r}.pt",
+                                                     weights_only=True)["clients"]]
+    first = entries[0]["lora"]
+    assert all(torch.equal(first[k], e["lora"][k]) for e in entries for k in first)  # the survivors' clients agree
