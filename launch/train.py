@@ -174,7 +174,8 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
                               "data_source": plan.source, "client_samples": plan.counts,
                               "clients": len(plan.counts), "clients_per_round": plan.per_round,
                               "local_steps": plan.local_steps, "client_backend": world.client_backend,
-                              "client_backend_reason": world.client_backend_reason}, start_step)
+                              "client_backend_reason": world.client_backend_reason, "network": world.network},
+               start_step)
         if world.device.type == "cuda":
             print(f"splitlora: client group: {world.client_backend} ({world.client_backend_reason})",
                   file=sys.stderr, flush=True)

@@ -251,6 +251,7 @@ class RuntimeConfig:
     rpc_timeout: float = 120.0  # seconds; also bounds rpc.shutdown and collectives
     rpc_threads: int = 0  # TensorPipe worker threads; 0 = max(16, 2 * clients + 8)
     transport: str = "auto"  # auto (uv on CPU: shm busy-polls), uv, shm
+    rpc_channels: str = "auto"  # auto (same-host peers share memory), basic (tensor bytes go through the transport)
     cuda_cut: str = "host"  # host: cut tensors staged through CPU (works with dist autograd); device_maps
     client_backend: str = "auto"  # client group: auto (NCCL if each client has a GPU of its own), nccl, gloo
     server_threads: int = 0  # torch threads on the server; 0 = cores left by waiting clients
@@ -269,6 +270,8 @@ class RuntimeConfig:
                f"runtime.order must be arrival|round_robin, got {self.order!r}")
         _check(self.rpc_timeout > 0, f"runtime.rpc_timeout must be > 0, got {self.rpc_timeout}")
         _check(self.rpc_threads >= 0, f"runtime.rpc_threads must be >= 0, got {self.rpc_threads}")
+        _check(self.rpc_channels in ("auto", "basic"),
+               f"runtime.rpc_channels must be auto|basic, got {self.rpc_channels!r}")
         _check(self.transport in ("auto", "uv", "shm"),
                f"runtime.transport must be auto|uv|shm, got {self.transport!r}")
         _check(self.cuda_cut in ("host", "device_maps"),

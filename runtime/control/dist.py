@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from runtime.config import Config
+from runtime.control.netif import configure_interfaces
 
 SERVER = "server"
 
@@ -41,6 +43,7 @@ class World:
     fallback_groups: dict[int, dist.ProcessGroup] = field(default_factory=dict)
     client_backend: str = "gloo"  # of the client group: nccl, or gloo (tensors staged through host memory)
     client_backend_reason: str = ""
+    network: dict[str, str | None] = field(default_factory=dict)  # the interface chosen (runtime/control/netif.py)
 
     @property
     def is_server(self) -> bool:
@@ -126,6 +129,9 @@ def _rpc_options(cfg: Config, world: World, gpu_index: list[int | None]) -> rpc.
         num_worker_threads=rpc_threads(cfg, world.n_clients),
         rpc_timeout=cfg.runtime.rpc_timeout,
         _transports=transports,
+        # basic: tensor bytes go through the transport, as between hosts; the default channels let
+        # two processes of one host exchange them through shared memory (docs/clusters.md).
+        _channels=["basic"] if cfg.runtime.rpc_channels == "basic" else None,
     )
     if world.device.type == "cuda" and cfg.runtime.cuda_cut == "device_maps":
         # Beta in torch: CUDA tensors sent without a host copy, each client's GPU to the server's
@@ -145,7 +151,10 @@ def init_world(cfg: Config) -> World:
     """Start the default group, the client subgroup and the RPC agent on this rank."""
     rank, world_size, local_rank = read_env_world()
     device = pick_device(cfg, local_rank)
-    world = World(rank, world_size, local_rank, device)
+    world = World(rank, world_size, local_rank, device, network=configure_interfaces())
+    if world.network.get("ifname") and world.network["reason"] != "SPLITLORA_IFNAME":
+        print(f"splitlora: rank {rank}: network interface {world.network['ifname']} ({world.network['reason']})",
+              file=sys.stderr, flush=True)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=cfg.runtime.rpc_timeout)
