@@ -101,23 +101,31 @@ class Lab:
         return left
 
 
+RDZV_TIMEOUT = 60  # seconds the nodes wait for each other at start-up (torchrun's default: 600)
+
+
 def node_command(lab: Lab, k: int, port: int, train_args: list[str]) -> list[str]:
     return ["ip", "netns", "exec", lab.names[k], sys.executable, "-m", "torch.distributed.run",
             f"--nnodes={len(lab.names)}", f"--node_rank={k}", "--nproc_per_node=1", "--rdzv_backend=static",
-            f"--master_addr={PREFIX}1", f"--master_port={port}", "-m", "launch.train",
+            f"--master_addr={PREFIX}1", f"--master_port={port}", f"--rdzv_conf=timeout={RDZV_TIMEOUT}",
+            "--max_restarts=0", "-m", "launch.train",
             "--runtime.rpc_channels=basic", *train_args]
 
 
 def run(lab: Lab, train_args: list[str], logs: Path, timeout: float, port: int = 29400,
-        link_down: tuple[int, float] | None = None, grace: float = 90.0) -> list[int]:
+        link_down: tuple[int, float] | None = None, grace: float = 90.0, absent: int | None = None) -> list[int]:
     """One torchrun per node; returns every node's exit code. Once a node fails the others get
     ``grace`` seconds to end on their own (what a fault does to each rank is the measurement),
-    then they are ended. ``link_down`` (node, seconds): take that node's link down then."""
+    then they are ended. ``link_down`` (node, seconds): take that node's link down then;
+    ``absent``: a node that never starts (its exit code is reported as 0)."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
     procs = []
     for k in range(len(lab.names)):
+        if k == absent:
+            procs.append((subprocess.Popen(["true"]), open(logs / f"node{k}.log", "w")))  # noqa: SIM115
+            continue
         out = open(logs / f"node{k}.log", "w")  # noqa: SIM115 - closed with the process below
         procs.append((subprocess.Popen(node_command(lab, k, port, train_args), stdout=out, stderr=subprocess.STDOUT,
                                        env=env, start_new_session=True), out))
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--links", default="", help="per client UP/DOWN Mbit/s, comma list")
     ap.add_argument("--logs", default="runs/netlab-logs")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--absent", type=int, default=None, metavar="NODE", help="a fault: NODE never starts")
     ap.add_argument("--link-down", default="", metavar="NODE:SECONDS",
                     help="a fault: take NODE's link down SECONDS after the start")
     a = ap.parse_args(ours)
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         lab.up(links)
         print(f"netlab: {a.nodes} nodes at {PREFIX}1..{a.nodes} on {lab.bridge}; client links (up/down Mbit/s, "
               f"0 = unshaped): {links}; logs in {a.logs}", file=sys.stderr, flush=True)
-        codes = run(lab, train_args, Path(a.logs), a.timeout, link_down=link_down)
+        codes = run(lab, train_args, Path(a.logs), a.timeout, link_down=link_down, absent=a.absent)
     except KeyboardInterrupt:
         print("netlab: interrupted", file=sys.stderr)
         codes = [130]

@@ -83,3 +83,14 @@ def test_a_cut_client_link_ends_every_node_with_the_cause(tmp_path):
     assert "the server is unreachable" in cut_off
     assert took < 20 + 30 + 40, took  # the cut, the RPC timeout, start-up and teardown: no hang
     assert not _leftovers(proc.stderr)
+
+
+@skip_without_lab
+@pytest.mark.heavy
+def test_a_node_that_never_starts_ends_the_others_at_the_rendezvous_timeout(tmp_path):
+    from launch.netlab import RDZV_TIMEOUT
+
+    proc, took = _netlab(tmp_path, ["--absent=2"], ["--train.max_steps=4"])
+    assert proc.returncode != 0 and "node exit codes [1, 1, 0]" in proc.stderr, proc.stderr[-2000:]
+    assert took < RDZV_TIMEOUT + 60, took
+    assert not _leftovers(proc.stderr)

@@ -127,6 +127,7 @@ def test_sbatch_runs_torchrun_per_node_with_static_rendezvous(stubs: dict) -> No
         a = get_args_parser().parse_args(argv[2:])  # torchrun's own parser
         assert (a.nnodes, a.node_rank, a.nproc_per_node) == ("3", node, "2")
         assert (a.rdzv_backend, a.master_addr, a.master_port) == ("static", "gpu-a07", 24242)
+        assert a.rdzv_conf == "timeout=300"  # a node that never starts does not hold the others 600 s
         assert not a.standalone and a.max_restarts == 0
         assert a.module and a.training_script == "launch.train"
         assert a.training_script_args == overrides
