@@ -150,7 +150,7 @@ def _run(cfg: Config, rank: int, world_size: int, start_step: int) -> int:
         _report(run_dir, summary)
         return 0
 
-    from runtime.config.schema import n_logical_clients
+    from runtime.config.validate import n_logical_clients
     from runtime.control.dist import broadcast_object, init_world, shutdown_world
     from runtime.fed.population import Population
     from runtime.roles.client import run_client
