@@ -1,6 +1,7 @@
 """Config tree: precedence (CLI > file > defaults), typing, validation before any group starts."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,12 @@ def test_u_shape_checks() -> None:
 def test_train_head_needs_a_classifier() -> None:
     with pytest.raises(ConfigError, match=r"model\.train_head applies to an encoder's classification head"):
         validate_for_world(build_config(["--model.train_head=true"]), 3, 4)
+
+
+def test_the_committed_configuration_reference_is_current():
+    from runtime.config.help import config_markdown
+
+    committed = (Path(__file__).resolve().parents[1] / "docs/config-reference.md").read_text()
+    assert committed == config_markdown(), "regenerate: python -m runtime.config.help > docs/config-reference.md"
+    for key in _dotted_keys(Config):
+        assert f"`--{key}`" in committed

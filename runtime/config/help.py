@@ -12,7 +12,7 @@ from typing import Any
 from runtime.config.parse import _field_types
 from runtime.config.schema import Config
 
-__all__ = ["config_help"]
+__all__ = ["config_help", "config_markdown"]
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -62,3 +62,33 @@ def config_help(cls: type = None, prefix: str = "") -> str:  # type: ignore[assi
             lines.append(f"      {comments[f.name]}")
     head = f"[{prefix.rstrip('.')}]" if prefix else "[top level]"
     return "\n".join([head, *lines, *(["", *sections] if sections else [])]).rstrip() + "\n"
+
+
+def config_markdown(cls: type = None, prefix: str = "") -> str:  # type: ignore[assignment]
+    """docs/config-reference.md: every key as a table row (key, type, default, meaning), one table
+    per section; ``python -m runtime.config.help > docs/config-reference.md`` writes it."""
+    cls = cls or Config
+    hints, comments, defaults = _field_types(cls), _field_comments(cls), cls()
+    rows, sections = [], []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sections.append(config_markdown(tp, f"{prefix}{f.name}."))
+            continue
+        meaning = comments.get(f.name, "").replace("|", "\\|")
+        default = json.dumps(getattr(defaults, f.name))
+        rows.append(f"| `--{prefix}{f.name}` | {_type_name(tp)} | `{default}` | {meaning} |")
+    out = []
+    if not prefix:
+        out += ["# Configuration reference", "",
+                "Generated from the config tree (`python -m runtime.config.help > docs/config-reference.md`; a test",
+                "keeps it in step): every key with its type, default and meaning. How to set them:",
+                "[configuration.md](configuration.md).", ""]
+    if rows:
+        out += [f"## `{prefix.rstrip('.')}`" if prefix else "## top level", "",
+                "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
+    return "\n".join(out + [s.rstrip("\n") + "\n" for s in sections]).rstrip("\n") + "\n"
+
+
+if __name__ == "__main__":
+    print(config_markdown(), end="")
