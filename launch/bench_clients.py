@@ -43,14 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--process-clients", type=int, default=30, help="clients of the processes comparison")
     ap.add_argument("--skip-processes", action="store_true")
     ap.add_argument("--model", default="micro")
+    ap.add_argument("--batch", type=int, default=2,
+                    help="examples per step, padded to 64 tokens: the same work per step for every N "
+                         "(1,000 clients share the synthetic set's ~3,500 examples)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", default="runs/clients")
     return ap
 
 
 def train_args(a: argparse.Namespace, n: int, k: int) -> list[str]:
-    return [f"--model.name={a.model}", "--model.base=random", "--data.source=synthetic", "--train.batch_size=8",
-            "--data.seq_len=64", "--data.max_eval_examples=16", f"--train.max_steps={a.rounds * a.every}",
+    return [f"--model.name={a.model}", "--model.base=random", "--data.source=synthetic",
+            f"--train.batch_size={a.batch}", "--data.seq_len=64", "--data.pad_to_seq_len=true",
+            "--data.max_eval_examples=16", f"--train.max_steps={a.rounds * a.every}",
             f"--fed.aggregate_every={a.every}", f"--fed.num_clients={n}", f"--fed.clients_per_round={k}",
             "--out.tensorboard=false", "--out.save_model=false", "--runtime.client_threads=1"]
 
@@ -86,7 +90,8 @@ def state_bytes(a: argparse.Namespace) -> dict[str, int]:
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"# Logical clients at scale ({m['cpu_count']} cores, torch {m['torch']})", "",
-             f"FedLoRA, `{report['model']}` preset (random weights), synthetic data, batch 8 × 64 tokens, "
+             f"FedLoRA, `{report['model']}` preset (random weights), synthetic data, batch {report['batch']} × 64 "
+             "tokens (padded), "
              f"{report['rounds']} rounds × {report['every']} local steps, clients on {report['ranks']} client ranks "
              "+ the server. Command: `python -m launch.bench_clients " + " ".join(report["argv"]) + "`.", "",
              "## Time per round and memory against N (K fixed)", "",
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"argv": argv, "model": a.model, "rounds": a.rounds, "every": a.every,
+    report: dict[str, Any] = {"argv": argv, "model": a.model, "batch": a.batch, "rounds": a.rounds, "every": a.every,
                               "ranks": a.ranks, "scale": [], "load_before": load_avg()}
     try:
         for n in (int(x) for x in a.counts.split(",")):
