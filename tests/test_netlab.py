@@ -94,3 +94,12 @@ def test_a_node_that_never_starts_ends_the_others_at_the_rendezvous_timeout(tmp_
     assert proc.returncode != 0 and "node exit codes [1, 1, 0]" in proc.stderr, proc.stderr[-2000:]
     assert took < RDZV_TIMEOUT + 60, took
     assert not _leftovers(proc.stderr)
+
+
+def test_link_profiles_are_parsed_per_client():
+    from launch.netlab import parse_links
+
+    assert parse_links(20, "", 3) == [(20, 20)] * 3
+    assert parse_links(0, "100/20,10/50", 2) == [(100.0, 20.0), (10.0, 50.0)]
+    with pytest.raises(ValueError, match="needs 3 UP/DOWN pairs"):
+        parse_links(0, "100/20,10/50", 3)
