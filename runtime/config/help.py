@@ -46,48 +46,51 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def config_help(cls: type = None, prefix: str = "") -> str:  # type: ignore[assignment]
-    """Every config key with its type, default and meaning, grouped by section."""
-    cls = cls or Config
+Row = tuple[str, str, str, str]  # (dotted key, type name, default as JSON, meaning)
+
+
+def _sections(cls: type, prefix: str = "") -> list[tuple[str, list[Row]]]:
+    """(section prefix, its keys) for ``cls`` and, after it, each nested section, depth first."""
     hints, comments, defaults = _field_types(cls), _field_comments(cls), cls()
-    lines, sections = [], []
+    rows: list[Row] = []
+    nested: list[tuple[str, list[Row]]] = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            sections.append(config_help(tp, f"{prefix}{f.name}."))
-            continue
-        default = json.dumps(getattr(defaults, f.name))
-        lines.append(f"  --{prefix}{f.name}={_type_name(tp).upper()}  (default {default})")
-        if comments.get(f.name):
-            lines.append(f"      {comments[f.name]}")
-    head = f"[{prefix.rstrip('.')}]" if prefix else "[top level]"
-    return "\n".join([head, *lines, *(["", *sections] if sections else [])]).rstrip() + "\n"
+            nested += _sections(tp, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", _type_name(tp), json.dumps(getattr(defaults, f.name)),
+                         comments.get(f.name, "")))
+    return [(prefix, rows), *nested]
 
 
-def config_markdown(cls: type = None, prefix: str = "") -> str:  # type: ignore[assignment]
+def config_help(cls: type = None) -> str:  # type: ignore[assignment]
+    """Every config key with its type, default and meaning, grouped by section."""
+    blocks = []
+    for prefix, rows in _sections(cls or Config):
+        lines = [f"[{prefix.rstrip('.')}]" if prefix else "[top level]"]
+        for key, type_name, default, meaning in rows:
+            lines.append(f"  --{key}={type_name.upper()}  (default {default})")
+            if meaning:
+                lines.append(f"      {meaning}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def config_markdown(cls: type = None) -> str:  # type: ignore[assignment]
     """docs/config-reference.md: every key as a table row (key, type, default, meaning), one table
     per section; ``python -m runtime.config.help > docs/config-reference.md`` writes it."""
-    cls = cls or Config
-    hints, comments, defaults = _field_types(cls), _field_comments(cls), cls()
-    rows, sections = [], []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            sections.append(config_markdown(tp, f"{prefix}{f.name}."))
-            continue
-        meaning = comments.get(f.name, "").replace("|", "\\|")
-        default = json.dumps(getattr(defaults, f.name))
-        rows.append(f"| `--{prefix}{f.name}` | {_type_name(tp)} | `{default}` | {meaning} |")
-    out = []
-    if not prefix:
-        out += ["# Configuration reference", "",
-                "Generated from the config tree (`python -m runtime.config.help > docs/config-reference.md`; a test",
-                "keeps it in step): every key with its type, default and meaning. How to set them:",
-                "[configuration.md](configuration.md).", ""]
-    if rows:
-        out += [f"## `{prefix.rstrip('.')}`" if prefix else "## top level", "",
-                "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
-    return "\n".join(out + [s.rstrip("\n") + "\n" for s in sections]).rstrip("\n") + "\n"
+    out = ["# Configuration reference", "",
+           "Generated from the config tree (`python -m runtime.config.help > docs/config-reference.md`; a test",
+           "keeps it in step): every key with its type, default and meaning. How to set them:",
+           "[configuration.md](configuration.md).", ""]
+    for prefix, rows in _sections(cls or Config):
+        if rows:
+            out += [f"## `{prefix.rstrip('.')}`" if prefix else "## top level", "",
+                    "| key | type | default | meaning |", "|---|---|---|---|",
+                    *(f"| `--{key}` | {type_name} | `{default}` | {meaning.replace('|', chr(92) + '|')} |"
+                      for key, type_name, default, meaning in rows), ""]
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":
