@@ -92,11 +92,13 @@ class HostedClient:
         if self.rng is None:
             yield
             return
+        outer = torch.get_rng_state()  # what the next client is built from stays as it was
         torch.set_rng_state(self.rng)
         try:
             yield
         finally:
             self.rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
 
     # ------------------------------------------------------------------ training
 

@@ -232,8 +232,9 @@ class ClientRun:
                 save_model(self.run_dir, whole, cfg, with_base=first.strategy.modifies_base)
             val, eval_scores = final_eval(cfg, whole, first.data.eval_batches(), self.run_dir, world.device)
         comm = {k: sum(c.comm_total[k] for c in self.clients) for k in first.comm_total}
+        weights = client_weights(self.plan.counts, cfg.fed.weighting)
         return {"host": socket.gethostname(), "samples": sum(c.data.n_samples for c in self.clients),
-                "weight": sum(client_weights(self.plan.counts, cfg.fed.weighting)[c.index] for c in self.clients),
+                "weight": sum(weights[c.index] for c in self.clients),
                 "steps": self.plan.local_steps, "wall_s": wall, "rank_budget": first.ctx.rank_budget,
                 "strategy": first.strategy.name, "aggregation_rounds": self.rounds,
                 "aggregation_bytes": comm["up_bytes"], "comm": comm, "val_loss": val, "eval": eval_scores,
