@@ -16,6 +16,7 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from models.parts import ENDS, ROLES
+from runtime.io.telemetry import now, sync
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
 from runtime.split.serving import ServerTimings
@@ -86,6 +87,21 @@ class SplitShape:
         bytes each way: ``{"loss", "time", "step_time", "server_opt_compute", "bytes_up", "bytes_down",
         "activation_bytes"}``."""
         raise NotImplementedError
+
+
+def backward_and_update(stepper: Any, rank: int, ctx: int,
+                        loss: torch.Tensor) -> tuple[float, ServerTimings, float, float]:
+    """The end of every split step: the distributed backward from ``loss``, the server's update of
+    this context, then the client's own. Returns (backward end, the server's timings, server step
+    end, client update end), times from ``now()``."""
+    dist_autograd.backward(ctx, [loss])
+    sync(stepper.device)
+    t_bwd = now()
+    server_times = server_step(stepper, rank, ctx)
+    t_srv = now()
+    stepper.apply()
+    sync(stepper.device)
+    return t_bwd, server_times, t_srv, now()
 
 
 def server_step(stepper: Any, rank: int, ctx: int) -> ServerTimings:

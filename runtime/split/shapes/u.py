@@ -19,7 +19,7 @@ from models.loss import model_loss
 from runtime.io.telemetry import now, stamp, sync, tensor_bytes
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec, decode
-from runtime.split.shapes.base import SplitShape, register_shape, server_step
+from runtime.split.shapes.base import SplitShape, backward_and_update, register_shape
 
 
 @register_shape
@@ -61,14 +61,7 @@ class U(SplitShape):
                               first_block=head_cut)
             sync(stepper.device)
             t3 = now()
-            dist_autograd.backward(ctx, [loss])
-            sync(stepper.device)
-            t4 = now()
-            server_times = server_step(stepper, rank, ctx)
-            t5 = now()
-        stepper.apply()
-        sync(stepper.device)
-        t6 = now()
+            t4, server_times, t5, t6 = backward_and_update(stepper, rank, ctx, loss)
         sent_up = back_marks[-1] if back_marks else t3
         back = front_marks[-1] if front_marks else t4
         times = {

@@ -16,7 +16,7 @@ import torch.distributed.rpc as rpc
 from runtime.io.telemetry import now, stamp, sync, tensor_bytes
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
-from runtime.split.shapes.base import SplitShape, register_shape, server_step
+from runtime.split.shapes.base import SplitShape, backward_and_update, register_shape
 
 
 @register_shape
@@ -40,14 +40,7 @@ class Vanilla(SplitShape):
             loss = rpc.rpc_sync(stepper.server, split_server.server_forward,
                                 args=(rank, send, targets, mask, stepper.update_server))
             t2 = now()
-            dist_autograd.backward(ctx, [loss])
-            sync(stepper.device)
-            t3 = now()
-            server_times = server_step(stepper, rank, ctx)
-            t4 = now()
-        stepper.apply()
-        sync(stepper.device)
-        t5 = now()
+            t3, server_times, t4, t5 = backward_and_update(stepper, rank, ctx, loss)
         back = marks[-1] if marks else t3
         # Sequential: the server's backward runs inside the client's distributed backward;
         # batched: its forward, backward and update all run before the loss comes back.
