@@ -1,26 +1,33 @@
-"""The model side of decoding: the chain of parts, their KV caches, the padded batch.
+"""The model side of decoding: the chain of stages, their KV caches, the padded batch.
 
-``DecodeChain`` runs a whole ``GPT2`` or its parts (client then server) one after another,
-each with its own preallocated ``BeamKVCache``, over left-padded prompts; ``models.generate``
+``DecodeChain`` runs a whole ``GPT2`` or its parts (client then server) one after another as
+stages, each with its own preallocated ``BeamKVCache``, over left-padded prompts, and turns
+each step's logits into the candidates the search needs (``Selection``); ``models.generate``
 drives it with its greedy and beam-search loops.
+
+A stage is a ``PartStage`` (a part in this process) or any ``Stage``: split inference
+(``runtime/split/inference.py``) puts the server's part behind one, whose cache lives on the
+server. Every stage gets, per step, the new positions' inputs and the rows that survive
+(``StepInput``); the last stage may select the candidates itself (``Stage.selects``: the
+vanilla split's server, which holds the head), given the history's ``Penalties``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .decode_ops import _ban_repeated_ngrams, _penalise_repeats
+from .decode_ops import Penalties, Selection, penalty_pairs
 from .gpt2 import KVCache, position_ids_from_mask
 
 if TYPE_CHECKING:
     from .generate import DecodeConfig
 
-Decodable = nn.Module | Sequence[nn.Module]
 
 
 class BeamKVCache(KVCache):
@@ -67,97 +74,167 @@ class BeamKVCache(KVCache):
         self.rows = R
 
 
+@dataclass
+class StepInput:
+    """What every stage gets for one forward: ``x`` the new positions' inputs (token ids (R, T),
+    or hidden states (R, T, C) after the first stage); ``position_ids`` (R, T) or None;
+    ``mask`` (R, L) the padding mask over every position so far (None while nothing is padded);
+    ``pad`` (R,) padding per row (``mask`` is ``arange(L) >= pad``); ``rows`` (R,) the rows of
+    the previous step that survive, in order (None: all, as they are) — reorder the cache first."""
+
+    x: Tensor
+    position_ids: Tensor | None
+    mask: Tensor | None
+    pad: Tensor
+    rows: Tensor | None
+
+
+class Stage:
+    """One link of a ``DecodeChain``. ``open`` once before the prompts, ``__call__`` per forward,
+    ``close`` at the end (also on error). A stage with ``selects`` True is last and returns the
+    candidates (as ``Selection`` does) instead of logits."""
+
+    selects = False
+
+    def open(self, max_rows: int, capacity: int, last: bool, selection: Selection) -> None:
+        pass
+
+    def __call__(self, inp: StepInput, pen: Penalties | None = None) -> Tensor | tuple[Tensor | None, Tensor]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class PartStage(Stage):
+    """A model part in this process with its own ``BeamKVCache``; ``kwargs`` go to every call
+    (e.g. ``first_block``). As the last stage, only the last position reaches its LM head."""
+
+    def __init__(self, part: nn.Module, **kwargs: object) -> None:
+        self.part, self.kwargs = part, kwargs
+        self.cache: BeamKVCache | None = None
+        self.last = False
+
+    def open(self, max_rows: int, capacity: int, last: bool, selection: Selection) -> None:
+        self.cache, self.last = BeamKVCache(max_rows, capacity), last
+
+    def __call__(self, inp: StepInput, pen: Penalties | None = None) -> Tensor:
+        if inp.rows is not None:
+            self.cache.reorder(inp.rows)
+        head = getattr(self.part, "lm_head", None) if self.last else None
+        # Only the last position's logits are needed: slice the head's input (R, T, C) to
+        # (R, 1, C) so the prompt forward does not compute T x V logits. Hooked per call, so a
+        # part shared by several chains (a server's) is never left hooked.
+        handle = head.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:], *args[1:])) \
+            if isinstance(head, nn.Module) else None
+        try:
+            return self.part(inp.x, position_ids=inp.position_ids, attn_mask=inp.mask, kv_cache=self.cache,
+                             **self.kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+
+
+Decodable = nn.Module | Stage | Sequence[nn.Module | Stage]
+
+
+def padding_mask(pad: Tensor, length: int) -> Tensor:
+    """The padding mask (R, length) of left-padded rows with ``pad`` (R,) padding each."""
+    return torch.arange(length, device=pad.device)[None, :] >= pad[:, None]
+
+
 class DecodeChain:
-    """Runs the model parts in a chain, each with its own KVCache, over a left-padded batch.
+    """Runs the stages in a chain over a left-padded batch; each forward ends in candidates.
 
     Holds, per batch row: ``hist`` (R, L) every token fed so far (prompt, left padding,
-    generated), ``pad`` (R,) how many of them are padding, ``mask`` (R, L) the padding
-    mask, or None while no row is padded (the model's unmasked fast path).
+    generated), ``pad`` (R,) how many of them are padding, ``mask`` (R, L) the padding mask,
+    or None while no row is padded (the model's unmasked fast path). ``prefill`` and ``step``
+    return what ``selection`` makes of the new logits, after the history's penalties.
     """
 
-    def __init__(self, model: Decodable, prompts: Sequence[Sequence[int]], max_new_tokens: int, beams: int) -> None:
-        self.parts = [model] if isinstance(model, nn.Module) else list(model)
-        if not self.parts or not all(isinstance(p, nn.Module) for p in self.parts):
-            raise ValueError("model must be an nn.Module or a non-empty sequence of nn.Modules")
+    def __init__(self, model: Decodable, prompts: Sequence[Sequence[int]], max_new_tokens: int, beams: int,
+                 cfg: DecodeConfig, selection: Selection) -> None:
+        parts = [model] if isinstance(model, (nn.Module, Stage)) else list(model)
+        if not parts or not all(isinstance(p, (nn.Module, Stage)) for p in parts):
+            raise ValueError("model must be an nn.Module or a non-empty sequence of nn.Modules (or decoding Stages)")
+        if any(p.selects for p in parts[:-1] if isinstance(p, Stage)):
+            raise ValueError("only the last stage of a chain may select the candidates")
+        first = parts[0] if isinstance(parts[0], nn.Module) else getattr(parts[0], "part", None)
+        self.config = getattr(first, "config", None)
         lengths = [len(p) for p in prompts]
         if any(n == 0 for n in lengths):
             raise ValueError("every prompt needs at least one token")
-        n_pos = getattr(getattr(self.parts[0], "config", None), "n_positions", None)
+        n_pos = getattr(self.config, "n_positions", None)
         # The last generated token is never fed back, hence the - 1.
         if prompts and n_pos is not None and max(lengths) + max_new_tokens - 1 > n_pos:
             raise ValueError(
                 f"longest prompt ({max(lengths)}) + max_new_tokens ({max_new_tokens}) - 1 exceeds n_positions={n_pos}"
             )
-        self.prompts = prompts
+        self.prompts, self.cfg, self.selection = prompts, cfg, selection
+        self.modules = [p for p in parts if isinstance(p, nn.Module)]
+        self.stages = [p if isinstance(p, Stage) else PartStage(p) for p in parts]
         # Every token fed is a prompt token or one of the first max_new_tokens - 1 generated.
-        capacity = max(lengths, default=0) + max_new_tokens - 1
-        self.caches = [BeamKVCache(len(prompts) * beams, capacity) for _ in self.parts]
+        self.capacity = max(lengths, default=0) + max_new_tokens - 1
+        self.max_rows = len(prompts) * beams
         self._stack = contextlib.ExitStack()
+
+    @property
+    def vocab_size(self) -> int:
+        """V of the logits (the first part's, which holds the token embedding)."""
+        if self.config is None:
+            raise ValueError("the chain's first part has no config: cannot tell the vocabulary size")
+        return self.config.vocab_size
 
     def __enter__(self) -> DecodeChain:
         self._stack.enter_context(torch.inference_mode())
-        # eval() every part; afterwards every submodule gets its own training flag back.
-        flags = [(m, m.training) for part in self.parts for m in part.modules()]
+        # eval() every local part; afterwards every submodule gets its own training flag back.
+        flags = [(m, m.training) for part in self.modules for m in part.modules()]
         self._stack.callback(lambda: [setattr(m, "training", training) for m, training in flags])
-        for part in self.parts:
+        for part in self.modules:
             part.eval()
-        head = getattr(self.parts[-1], "lm_head", None)
-        if isinstance(head, nn.Module):
-            # Only the last position's logits are needed: slice the head's input (R, T, C)
-            # to (R, 1, C) so the prompt forward does not compute T x V logits.
-            handle = head.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:], *args[1:]))
-            self._stack.callback(handle.remove)
+        for i, stage in enumerate(self.stages):
+            self._stack.callback(stage.close)
+            stage.open(self.max_rows, self.capacity, i == len(self.stages) - 1, self.selection)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def prefill(self) -> Tensor:
-        """Run the left-padded prompts; return last-position logits (B, V) as float32."""
-        device = next(self.parts[0].parameters()).device
+    def prefill(self) -> tuple[Tensor | None, Tensor]:
+        """Run the left-padded prompts; return the candidates of the last position (B rows)."""
+        device = next(self.modules[0].parameters()).device if self.modules else torch.device("cpu")
         T = max(len(p) for p in self.prompts)
         rows = [[0] * (T - len(p)) + [int(t) for t in p] for p in self.prompts]
         self.hist = torch.tensor(rows, device=device)  # (B, T), left-padded with 0
         self.pad = torch.tensor([T - len(p) for p in self.prompts], device=device)  # (B,)
         self.prompt_width = T  # generated tokens start at this column of hist, in every row
-        has_pad = int(self.pad.max()) > 0
-        self.mask = torch.arange(T, device=device)[None, :] >= self.pad[:, None] if has_pad else None  # (B, T)
-        return self._forward(self.hist)
+        self.mask = padding_mask(self.pad, T) if int(self.pad.max()) > 0 else None  # (B, T)
+        return self._forward(self.hist, None)
 
-    def step(self, rows: Tensor | None, tokens: Tensor) -> Tensor:
+    def step(self, rows: Tensor | None, tokens: Tensor) -> tuple[Tensor | None, Tensor]:
         """Keep batch rows ``rows`` (R_new,), in that order (None: all, as they are), append
-        ``tokens`` (R_new,) and run them; return the new last-position logits (R_new, V)."""
+        ``tokens`` (R_new,) and run them; return the new candidates (R_new rows)."""
         if rows is not None:
-            for cache in self.caches:
-                cache.reorder(rows)
             self.hist, self.pad = self.hist.index_select(0, rows), self.pad.index_select(0, rows)
             self.mask = None if self.mask is None else self.mask.index_select(0, rows)
         self.hist = torch.cat([self.hist, tokens[:, None]], dim=1)
         if self.mask is not None:
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
-        return self._forward(tokens[:, None])
+        return self._forward(tokens[:, None], rows)
 
-    def _forward(self, x: Tensor) -> Tensor:
-        past = self.caches[0].length
+    def penalties(self) -> Penalties:
+        """The history's penalties (``repeat_scope``: from the first real token, or after the prompt)."""
+        start = self.pad if self.cfg.repeat_scope == "sequence" else torch.full_like(self.pad, self.prompt_width)
+        return penalty_pairs(self.hist, start, self.cfg.repetition_penalty, self.cfg.no_repeat_ngram_size)
+
+    def _forward(self, x: Tensor, rows: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        past = self.hist.shape[1] - x.shape[1]
         pos = None if self.mask is None else position_ids_from_mask(self.mask, past)  # (R, T)
-        for part, cache in zip(self.parts, self.caches):
-            x = part(x, position_ids=pos, attn_mask=self.mask, kv_cache=cache)
-        return x[:, -1].float()  # (R, V)
-
-    def penalise(self, scores: Tensor, cfg: DecodeConfig, offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Apply repetition penalty and no-repeat-ngram bans to ``scores`` (R, V) in place;
-        return the (rows, columns) changed, (n,) each, possibly repeated.
-
-        With ``offset`` (R,), the penalty acts on ``scores - offset`` (log-probs, when
-        ``scores`` are logits and ``offset`` their log-sum-exp).
-        """
-        none = self.hist.new_zeros(0)
-        # First column each row's penalties look at (R,): after the padding, or after the prompt.
-        start = self.pad if cfg.repeat_scope == "sequence" else torch.full_like(self.pad, self.prompt_width)
-        rep = none, none
-        if cfg.repetition_penalty != 1.0:
-            rep = _penalise_repeats(scores, self.hist, start, cfg.repetition_penalty, offset)
-        ban = none, none
-        if cfg.no_repeat_ngram_size > 0:
-            ban = _ban_repeated_ngrams(scores, self.hist, start, cfg.no_repeat_ngram_size)
-        return torch.cat([rep[0], ban[0]]), torch.cat([rep[1], ban[1]])
+        inp = StepInput(x, pos, self.mask, self.pad, rows)
+        pen = self.penalties()
+        for stage in self.stages[:-1]:
+            inp.x = stage(inp)
+        last = self.stages[-1]
+        if last.selects:
+            return last(inp, pen)
+        return self.selection(last(inp)[:, -1].float(), pen)  # logits (R, V)

@@ -1,45 +1,20 @@
-"""Score-level operations of decoding: repetition penalty, no-repeat n-gram bans, and a
-fast row-wise log-sum-exp / top-k for wide (vocabulary-sized) rows. Pure torch."""
+"""Score-level operations of decoding: repetition penalty, no-repeat n-gram bans, a fast
+row-wise log-sum-exp / top-k for wide (vocabulary-sized) rows, and ``Selection``: what a
+search takes from one step's logits. Pure torch.
+
+The penalties are split in two, so that the party holding the history (a split client) and
+the party holding the logits (a vanilla split's server) can each do their half: ``penalty_pairs``
+reads only the history and names the (row, token) scores to change; ``apply_penalties`` changes
+them. Together they are the same operations, in the same order, as applying them in one place.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
-
-
-def _penalise_repeats(
-    scores: Tensor, hist: Tensor, start: Tensor, penalty: float, offset: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """CTRL repetition penalty on every token of ``hist`` (R, L) from column ``start`` (R,)
-    on (before it: left padding, or padding and prompt)."""
-    R, L = hist.shape
-    rows = torch.arange(R, device=hist.device)[:, None].expand(R, L)
-    real = torch.arange(L, device=hist.device)[None, :] >= start[:, None]  # (R, L)
-    rows, toks = rows[real], hist[real]  # (n,) each; repeats write the same value
-    shift = 0.0 if offset is None else offset[rows]
-    vals = scores[rows, toks] - shift
-    scores[rows, toks] = torch.where(vals < 0, vals * penalty, vals / penalty) + shift
-    return rows, toks
-
-
-def _ban_repeated_ngrams(scores: Tensor, hist: Tensor, start: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Set to -inf every token that would complete an n-gram already in ``hist`` (R, L) at or
-    after column ``start`` (R,) (before it: left padding, or padding and prompt).
-
-    The last n - 1 tokens are matched against the first n - 1 of every n-gram window in
-    one tensor comparison (R, W, n - 1); a matching window bans its last token.
-    """
-    R, L = hist.shape
-    if L < n:
-        return hist.new_zeros(0), hist.new_zeros(0)
-    windows = hist.unfold(1, n, 1)  # (R, W = L - n + 1, n)
-    match = (windows[:, :, :-1] == hist[:, L - n + 1 :][:, None, :]).all(-1)  # (R, W)
-    match &= torch.arange(L - n + 1, device=hist.device)[None, :] >= start[:, None]  # window all looked at
-    r, w = match.nonzero(as_tuple=True)
-    banned = windows[r, w, -1]
-    scores[r, banned] = float("-inf")
-    return r, banned
-
 
 # Wide rows (a GPT-2 vocabulary) are split into groups of _GROUP columns, group j holding
 # columns j, C + j, 2C + j, ... (C = V // _GROUP groups), so that group maxima are a
@@ -91,3 +66,91 @@ def _topk_rows(x: Tensor, k: int, gmax: Tensor | None) -> tuple[Tensor, Tensor]:
     cols = torch.cat([cols.flatten(1), tail], 1)  # (R, k * _GROUP + tail)
     top, pos = x.gather(1, cols).topk(k, dim=1)
     return top, cols.gather(1, pos)
+
+
+# --- penalties as (row, token) pairs, and the selection of candidates ---------------------
+
+
+class Penalties(NamedTuple):
+    """The score changes a step's history asks for: (n,) row and token indices each.
+
+    ``rep_*``: every token the CTRL repetition penalty acts on (repeats allowed: they write
+    the same value); ``ban_*``: every token a no-repeat-n-gram ban sets to -inf.
+    """
+
+    rep_rows: Tensor
+    rep_toks: Tensor
+    ban_rows: Tensor
+    ban_toks: Tensor
+
+    def compact(self) -> Penalties:
+        """The same changes with repeated pairs dropped, as int32 (for the wire; same result)."""
+        def unique(rows: Tensor, toks: Tensor) -> tuple[Tensor, Tensor]:
+            if not len(rows):
+                return rows.to(torch.int32), toks.to(torch.int32)
+            pairs = torch.unique(torch.stack([rows, toks], 1), dim=0)  # (n', 2)
+            return pairs[:, 0].to(torch.int32), pairs[:, 1].to(torch.int32)
+
+        return Penalties(*unique(self.rep_rows, self.rep_toks), *unique(self.ban_rows, self.ban_toks))
+
+
+def penalty_pairs(hist: Tensor, start: Tensor, repetition_penalty: float, ngram: int) -> Penalties:
+    """The pairs of ``Penalties`` for a history ``hist`` (R, L) seen from column ``start`` (R,) on."""
+    R, L = hist.shape
+    none = hist.new_zeros(0)
+    rep = none, none
+    if repetition_penalty != 1.0:
+        rows = torch.arange(R, device=hist.device)[:, None].expand(R, L)
+        real = torch.arange(L, device=hist.device)[None, :] >= start[:, None]  # (R, L)
+        rep = rows[real], hist[real]
+    ban = none, none
+    if ngram > 0 and L >= ngram:
+        windows = hist.unfold(1, ngram, 1)  # (R, W = L - n + 1, n)
+        # The last n - 1 tokens against the first n - 1 of every window (R, W, n - 1); a match bans
+        # the window's last token. Only windows that lie wholly in the part looked at count.
+        match = (windows[:, :, :-1] == hist[:, L - ngram + 1:][:, None, :]).all(-1)  # (R, W)
+        match &= torch.arange(L - ngram + 1, device=hist.device)[None, :] >= start[:, None]
+        r, w = match.nonzero(as_tuple=True)
+        ban = r, windows[r, w, -1]
+    return Penalties(*rep, *ban)
+
+
+def apply_penalties(scores: Tensor, pen: Penalties, penalty: float,
+                    offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Apply ``pen`` to ``scores`` (R, V) in place: the repetition penalty (on ``scores - offset``
+    where given), then the bans. Returns the (rows, columns) changed, (n,) each."""
+    rows, toks = pen.rep_rows.long(), pen.rep_toks.long()
+    if len(rows):
+        shift = 0.0 if offset is None else offset[rows]
+        vals = scores[rows, toks] - shift
+        scores[rows, toks] = torch.where(vals < 0, vals * penalty, vals / penalty) + shift
+    brows, btoks = pen.ban_rows.long(), pen.ban_toks.long()
+    if len(brows):
+        scores[brows, btoks] = float("-inf")
+    return torch.cat([rows, brows]), torch.cat([toks, btoks])
+
+
+@dataclass
+class Selection:
+    """What a search takes from one step's logits (R, V): ``k`` 0 (greedy): the argmax of the
+    penalised logits, (R,); ``k`` > 0 (beam search): each row's k best penalised log-probs and
+    their tokens, (R, k) each. Penalties act on log-probs in beam search (as in transformers)
+    and on logits in greedy decoding."""
+
+    k: int = 0
+    repetition_penalty: float = 1.0
+    _scratch: Tensor | None = field(default=None, repr=False)
+
+    def __call__(self, logits: Tensor, pen: Penalties) -> tuple[Tensor | None, Tensor]:
+        if self.k == 0:
+            apply_penalties(logits, pen, self.repetition_penalty)
+            return None, logits.argmax(-1)
+        if self._scratch is None or self._scratch.numel() < logits.numel():
+            self._scratch = logits.new_empty(logits.numel())  # reused while rows do not grow
+        gmax = _group_max(logits, self.k)  # (R, C) or None
+        lse = _logsumexp(logits, self._scratch, gmax)  # (R,)
+        rows, cols = apply_penalties(logits, pen, self.repetition_penalty, offset=lse)
+        if gmax is not None and len(rows):
+            _refresh_group_max(gmax, logits, rows, cols)
+        score, tok = _topk_rows(logits, self.k, gmax)  # (R, k)
+        return score - lse[:, None], tok

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import torch
 
 from .decode_chain import Decodable, DecodeChain
-from .decode_ops import (  # noqa: F401 - _group_max/_refresh_group_max re-exported for tests
+from .decode_ops import (  # noqa: F401 - _group_max/_refresh_group_max/_topk_rows re-exported for tests
+    Selection,
     _group_max,
-    _logsumexp,
     _refresh_group_max,
     _topk_rows,
 )
@@ -124,8 +124,14 @@ def beam_search(
         continuation without one reached ``max_new_tokens``.
     """
     cfg = DecodeConfig() if cfg is None else cfg
-    with DecodeChain(model, prompts, cfg.max_new_tokens, cfg.num_beams) as step:
-        return _beam_search(step, cfg, keep_stop_token) if prompts else []
+    if not prompts:
+        return []
+    chain = DecodeChain(model, prompts, cfg.max_new_tokens, cfg.num_beams, cfg, Selection())
+    # Candidates kept per prompt and step (K), and per beam in the first selection (Kr).
+    K = min((1 + max(1, len(cfg.stop_tokens))) * cfg.num_beams, cfg.num_beams * chain.vocab_size)
+    chain.selection = Selection(k=min(K, chain.vocab_size), repetition_penalty=cfg.repetition_penalty)
+    with chain as step:
+        return _beam_search(step, cfg, keep_stop_token, K)
 
 
 def greedy(
@@ -148,8 +154,11 @@ def greedy(
         stop_tokens=tuple(stop_tokens),
         max_new_tokens=max_new_tokens,
     )
-    with DecodeChain(model, prompts, cfg.max_new_tokens, 1) as step:
-        return _greedy(step, cfg, keep_stop_token) if prompts else []
+    if not prompts:
+        return []
+    with DecodeChain(model, prompts, cfg.max_new_tokens, 1, cfg,
+                     Selection(k=0, repetition_penalty=cfg.repetition_penalty)) as step:
+        return _greedy(step, cfg, keep_stop_token)
 
 
 def _strip(tokens: list[int], stops: tuple[int, ...], keep_stop: bool) -> list[int]:
@@ -160,14 +169,12 @@ def _strip(tokens: list[int], stops: tuple[int, ...], keep_stop: bool) -> list[i
 
 
 def _greedy(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[list[int]]:
-    logits = step.prefill()  # (B, V)
-    B = logits.shape[0]
-    stops = torch.tensor(cfg.stop_tokens, dtype=torch.long, device=logits.device)
+    _, tok = step.prefill()  # (B,): the argmax of the penalised logits
+    B = tok.shape[0]
+    stops = torch.tensor(cfg.stop_tokens, dtype=torch.long, device=tok.device)
     out: list[list[int]] = [[] for _ in range(B)]
     prompt_of_row = list(range(B))  # rows leave the batch as their prompt finishes
     for t in range(cfg.max_new_tokens):
-        step.penalise(logits, cfg)
-        tok = logits.argmax(-1)  # (R,)
         finished = torch.isin(tok, stops)
         for row, token in enumerate(tok.tolist()):
             out[prompt_of_row[row]].append(token)
@@ -176,9 +183,9 @@ def _greedy(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[list[
         if bool(finished.any()):
             keep = (~finished).nonzero().squeeze(1)  # (R_new,)
             prompt_of_row = [prompt_of_row[r] for r in keep.tolist()]
-            logits = step.step(keep, tok.index_select(0, keep))
+            _, tok = step.step(keep, tok.index_select(0, keep))
         else:
-            logits = step.step(None, tok)
+            _, tok = step.step(None, tok)
     return [_strip(o, cfg.stop_tokens, keep_stop) for o in out]
 
 
@@ -222,16 +229,17 @@ class _Finished:
         self.tokens, self.length = self.tokens[live], self.length[live]
 
 
-def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[list[int]]:
-    """Beam search over A active prompts x N beams; finished prompts leave the batch."""
+def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool, K: int) -> list[list[int]]:
+    """Beam search over A active prompts x N beams, K candidates per prompt and step; finished
+    prompts leave the batch."""
     N, M, lp = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
-    logits = step.prefill()  # (B, V): one row per prompt before the first step
-    B, V = logits.shape
-    dev = logits.device
+    # Each row's Kr best penalised log-probs and tokens (R, Kr): one row per prompt before the
+    # first step. A prompt's K best of its N x V candidates are among the K best of each beam,
+    # so the chain selects per row (far cheaper than one top-k over N x V), the search across beams.
+    row_score, row_tok = step.prefill()
+    B, Kr = row_score.shape
+    dev = row_score.device
     stops = torch.tensor(cfg.stop_tokens, dtype=torch.long, device=dev)
-    K = min((1 + max(1, len(cfg.stop_tokens))) * N, N * V)  # candidates kept per prompt and step
-    Kr = min(K, V)  # candidates kept per beam (row) in the first selection
-    scratch = logits.new_empty(B * N * V)  # for _logsumexp, reused every step
     prompt_of = torch.arange(B, device=dev)  # (A,) original index of each active prompt
     # Running beams: summed log-probs (A, N) and generated tokens (A, N, t). All beams start
     # as copies of the prompt; only beam 0 may be extended at first, so the copies don't
@@ -243,17 +251,6 @@ def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[
     results: list[list[int]] = [[] for _ in range(B)]
     for t in range(M):
         A, n_gen = run_score.shape[0], t + 1  # n_gen: tokens per hypothesis after this step
-        # Log-probs are logits - lse; penalties act on log-probs (as in transformers' beam
-        # search) and keep that offset, so ranking the penalised logits ranks log-probs.
-        gmax = _group_max(logits, Kr)  # (R, C) or None; R = A before the first step, else A * N
-        lse = _logsumexp(logits, scratch, gmax)  # (R,)
-        rows, cols = step.penalise(logits, cfg, offset=lse)
-        if gmax is not None and len(rows):
-            _refresh_group_max(gmax, logits, rows, cols)
-        # A prompt's K best of its N x V candidates are among the K best of each beam, so
-        # select per row first (far cheaper than one top-k over N x V), then across beams.
-        row_score, row_tok = _topk_rows(logits, Kr, gmax)  # (R, Kr)
-        row_score = row_score - lse[:, None]  # log-probs
         # Before the first step the cache holds one row per prompt: broadcast it to N beams.
         row_score, row_tok = row_score.view(A, -1, Kr), row_tok.view(A, -1, Kr).expand(A, N, Kr)
         total = (row_score + run_score[:, :, None]).flatten(1)  # (A, N * Kr), column = beam * Kr + rank
@@ -292,5 +289,5 @@ def _beam_search(step: DecodeChain, cfg: DecodeConfig, keep_stop: bool) -> list[
         run_tok = torch.cat([kept, new_tok[live, :, None]], dim=2)
         run_score, prompt_of = keep_score[live], prompt_of[live]
         fin.keep(live)
-        logits = step.step(src_row.expand(-1, N).reshape(-1), new_tok[live].reshape(-1))  # (A_new * N, V)
+        row_score, row_tok = step.step(src_row.expand(-1, N).reshape(-1), new_tok[live].reshape(-1))  # (A_new * N, Kr)
     return results

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from metrics.e2e import evaluate as score_e2e
 from metrics.slots import slot_copy_rates
+from models.decode_chain import Decodable
 from models.generate import DecodeConfig, beam_search, greedy
 from models.lora import load_lora_state_dict, merge_lora
 from runtime.build import build_full_model, run_vocab
@@ -63,7 +64,7 @@ def mr_groups(cfg: Config, split: str, data_dir: str | None = None) -> tuple[lis
     return group_by_mr(splits[split]), splits.source
 
 
-def decode_groups(model: torch.nn.Module, groups: list[MRGroup], decode: DecodeConfig, *, batch_size: int,
+def decode_groups(model: Decodable, groups: list[MRGroup], decode: DecodeConfig, *, batch_size: int,
                   device: torch.device, model_dir: str | None = None, show_progress: bool = True,
                   vocab: VocabMap | None = None) -> list[str]:
     """One hypothesis per MR group, in group order; prompts = BPE(context) + [50256].
@@ -98,14 +99,16 @@ def decode_groups(model: torch.nn.Module, groups: list[MRGroup], decode: DecodeC
     return hyps
 
 
-def sample_texts(model: torch.nn.Module, cfg: Config, n: int, device: torch.device) -> list[dict[str, str]]:
-    """Greedy texts for the first ``n`` validation MRs (a glance at what the model writes)."""
+def sample_texts(model: Decodable, cfg: Config, n: int, device: torch.device) -> list[dict[str, str]]:
+    """Greedy texts for the first ``n`` validation MRs (a glance at what the model writes). ``model``:
+    a whole model (decoded from a merged copy) or a chain of parts (as it is: split inference)."""
     import copy
 
     groups, _ = mr_groups(cfg, "valid")
     groups = groups[:n]
-    model = copy.deepcopy(model).to(device).eval()
-    merge_lora(model)
+    if isinstance(model, torch.nn.Module):
+        model = copy.deepcopy(model).to(device).eval()
+        merge_lora(model)
     decode = DecodeConfig(num_beams=1, no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
                           max_new_tokens=cfg.eval.max_new_tokens, repeat_scope=cfg.eval.repeat_scope)
     with torch.no_grad():
@@ -119,7 +122,7 @@ def write_refs(path: Path, refs: list[list[str]]) -> None:
     path.write_text("\n\n".join("\n".join(r) for r in refs) + "\n", encoding="utf-8")
 
 
-def evaluate_model(model: torch.nn.Module | None, cfg: Config, out_dir: Path, *, split: str = "test",
+def evaluate_model(model: Decodable | None, cfg: Config, out_dir: Path, *, split: str = "test",
                    refs_style: str = "raw", decode: DecodeConfig | None = None, batch_size: int = 16,
                    max_mrs: int = 0, data_dir: str | None = None, meteor: bool = True,
                    device: torch.device | None = None, show_progress: bool = True,
@@ -145,8 +148,9 @@ def evaluate_model(model: torch.nn.Module | None, cfg: Config, out_dir: Path, *,
     else:
         if model is None:
             raise ValueError("evaluate_model needs a model or predictions")
-        model = model.to(device)
-        merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
+        if isinstance(model, torch.nn.Module):  # a whole model (a chain of parts decodes as it is)
+            model = model.to(device)
+            merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
         hyps = decode_groups(model, groups, decode, batch_size=batch_size, device=device,
                              model_dir=cfg.model.path, show_progress=show_progress, vocab=run_vocab(cfg))
     decode_s = time.perf_counter() - t0

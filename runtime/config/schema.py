@@ -307,6 +307,9 @@ class EvalConfig:
     # classify: test accuracy / macro-F1 every this many local steps (after that step's aggregation),
     # recorded as "test" in metrics.jsonl; 0 = at the end only (always scored for a classifier)
     every: int = 0
+    # splitlora: the first client assembles the whole model (its part + the server's adapters) for the
+    # validation loss and the scores; default: both run through the split, each party on its own part
+    whole_model: bool = False
 
     def __post_init__(self) -> None:
         _check(self.split in ("train", "valid", "test"), f"eval.split must be train|valid|test, got {self.split!r}")

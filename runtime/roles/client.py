@@ -36,6 +36,7 @@ from runtime.io.telemetry import now, peak_memory
 from runtime.roles.common import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
+from runtime.split.inference import SplitModel
 from runtime.split.shapes import get_shape
 from runtime.steps import Stepper
 
@@ -82,6 +83,7 @@ class ClientRun:
             listener=True, **common)
         self.name = f"client{world.rank}"
         self.rounds = 0
+        self._whole: torch.nn.Module | None = None  # SplitLoRA: the whole model, once assembled
         self.group = world.client_group
         self.live = list(range(1, world.world_size))  # client ranks still in the run (continue policy)
         if plan.start_step:
@@ -220,17 +222,15 @@ class ClientRun:
     def summarize(self, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         """Validation and evaluation (first live client rank only) and this rank's summary."""
         cfg, world, first = self.cfg, self.world, self.first
-        memory = peak_memory(world.device, first.module)  # training only: the first client assembles the whole model
-        val, eval_scores = None, None
+        memory = peak_memory(world.device, first.module)  # training only
+        val, eval_scores, inference = None, None, None
         if cfg.fed.on_client_failure == "continue":
             self.live[:] = rpc.rpc_sync(SERVER, coordinator.coord_live_clients)
         if world.rank == self.live[0]:
-            # The first client assembles the whole trained model (aggregated client part +
-            # server part); the server only ever hands out its own adapters.
-            whole = assemble_whole_model(cfg, self.global_view(), self.cut).to(world.device)
-            if cfg.out.save_model:
-                save_model(self.run_dir, whole, cfg, with_base=first.strategy.modifies_base)
-            val, eval_scores = final_eval(cfg, whole, first.data.eval_batches(), self.run_dir, world.device)
+            val, eval_scores, inference = self.evaluate()
+        memory_eval = peak_memory(world.device)  # after validation and scores, before an export's assembly
+        if world.rank == self.live[0] and cfg.out.save_model:
+            save_model(self.run_dir, self.whole_model(), cfg, with_base=first.strategy.modifies_base)
         comm = {k: sum(c.comm_total[k] for c in self.clients) for k in first.comm_total}
         weights = client_weights(self.plan.counts, cfg.fed.weighting)
         return {"host": socket.gethostname(), "samples": sum(c.data.n_samples for c in self.clients),
@@ -240,8 +240,31 @@ class ClientRun:
                 "aggregation_bytes": comm["up_bytes"], "comm": comm, "val_loss": val, "eval": eval_scores,
                 "bytes_up": sum(r.get("bytes_up", 0) for r in records),
                 "bytes_down": sum(r.get("bytes_down", 0) for r in records),
-                "data": first.data.describe(), "memory": memory, "memory_final": peak_memory(world.device),
+                "data": first.data.describe(), "memory": memory, "memory_eval": memory_eval,
+                "memory_final": peak_memory(world.device), "split_inference": inference,
                 "hosted": {str(c.index + 1): c.summary() for c in self.clients}, "records": records}
+
+    def evaluate(self) -> tuple[float | None, dict | None, dict | None]:
+        """The validation loss and scores of the trained model: SplitLoRA through the split (this rank's
+        part here, the server's there) unless ``eval.whole_model``; FedLoRA on the whole model it holds.
+        Returns (loss, scores, the split inference's bytes and round trips or None)."""
+        cfg, device = self.cfg, self.world.device
+        batches = self.first.data.eval_batches()
+        if self.shape is None or cfg.eval.whole_model:
+            return (*final_eval(cfg, self.whole_model().to(device), batches, self.run_dir, device), None)
+        model = SplitModel(self.shape, self.global_view(), self.world.rank, self.codec, self.cut,
+                           head_cut(cfg, self.global_view().config.n_layer))
+        val, scores = final_eval(cfg, model, batches, self.run_dir, device)
+        return val, scores, {"bytes_up": model.meter["up"], "bytes_down": model.meter["down"],
+                             "round_trips": model.meter["calls"]}
+
+    def whole_model(self) -> torch.nn.Module:
+        """The whole trained model (FedLoRA: this rank's; SplitLoRA: assembled, see ``assemble_whole_model``)."""
+        if self.shape is None:
+            return self.global_view()
+        if self._whole is None:
+            self._whole = assemble_whole_model(self.cfg, self.global_view(), self.cut).to(self.world.device)
+        return self._whole
 
 
 def run_client(cfg: Config, world: World, run_dir: Path, datas: list[ClientData], plan: RunPlan) -> bool:

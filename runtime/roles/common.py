@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from runtime.build import (
 from runtime.config import Config
 from runtime.inputs import RunPlan
 from runtime.io.telemetry import now, summarize
+from runtime.split.inference import SplitModel
 
 LOG_FLUSH = 10  # client step records per rpc to the coordinator
 FAULT_ENV = "SPLITLORA_INJECT_FAULT"  # test hook: "<raise|kill>:<rank>:<step>"
@@ -37,43 +39,56 @@ def maybe_inject_fault(rank: int, step: int) -> None:
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float | None:
-    """Mean masked token NLL (no label smoothing) over the evaluation batches."""
+def eval_loss(model: torch.nn.Module | SplitModel, batches: list[dict[str, torch.Tensor]],
+              device: torch.device) -> float | None:
+    """Mean masked token NLL (no label smoothing) over the evaluation batches, of a whole model
+    or through the split (``SplitModel``)."""
     if not batches:
         return None
+    if isinstance(model, SplitModel):
+        return _mean_loss(model.loss, batches)
     was_training = model.training
     model.eval()
+    try:
+        return _mean_loss(lambda b: model_loss(model, b["input_ids"].to(device), b["targets"].to(device),
+                                               b["loss_mask"].to(device), 0.0).item(), batches)
+    finally:
+        model.train(was_training)
+
+
+def _mean_loss(batch_loss: Callable[[dict[str, torch.Tensor]], float], batches: list[dict[str, torch.Tensor]]) -> float:
     total, count = 0.0, 0.0
     for b in batches:
         n = float(b["loss_mask"].sum())
-        total += model_loss(model, b["input_ids"].to(device), b["targets"].to(device),
-                            b["loss_mask"].to(device), 0.0).item() * n
+        total += batch_loss(b) * n
         count += n
-    model.train(was_training)
     return total / max(count, 1.0)
 
 
-def final_eval(cfg: Config, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], run_dir: Path,
-               device: torch.device) -> tuple[float | None, dict | None]:
-    """The trained whole model's validation loss and scores: a classifier's test loss, accuracy and
-    macro-F1 (always); a language model's masked NLL and, with ``--eval.at_end``, its E2E scores."""
+def final_eval(cfg: Config, model: torch.nn.Module | SplitModel, batches: list[dict[str, torch.Tensor]],
+               run_dir: Path, device: torch.device) -> tuple[float | None, dict | None]:
+    """The trained model's validation loss and scores: a classifier's test loss, accuracy and
+    macro-F1 (always); a language model's masked NLL and, with ``--eval.at_end``, its E2E scores.
+    ``model``: the whole model, or a client's ``SplitModel`` (each party runs its own part)."""
     if getattr(model, "is_classifier", False):
         from runtime.classify_eval import classify_scores, write_scores
 
-        scores = classify_scores(model, batches, device)
+        scores = classify_scores(model.classifier() if isinstance(model, SplitModel) else model, batches, device)
         if scores is not None:
             write_scores(run_dir, scores, cfg.out.tensorboard)
         return (scores or {}).get("loss"), scores
     return eval_loss(model, batches, device), evaluate_at_end(cfg, model, run_dir, device)
 
 
-def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: torch.device) -> dict | None:
+def evaluate_at_end(cfg: Config, model: torch.nn.Module | SplitModel, run_dir: Path,
+                    device: torch.device) -> dict | None:
     """``--eval.at_end``: decode and score the trained model into the run directory;
     ``--eval.samples N``: print N greedy texts of validation MRs."""
     if cfg.eval.samples:
         from runtime.evaluation import sample_texts
 
-        samples = sample_texts(model, cfg, cfg.eval.samples, device)
+        samples = sample_texts(model.decodable() if isinstance(model, SplitModel) else model, cfg,
+                               cfg.eval.samples, device)
         (run_dir / "samples.txt").write_text("".join(f"{s['mr']}\n  -> {s['text']}\n" for s in samples))
         print("splitlora: samples (greedy, validation MRs):", file=sys.stderr)
         for s in samples:
@@ -81,8 +96,6 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: 
         sys.stderr.flush()
     if not cfg.eval.at_end:
         return None
-    import copy
-
     from models.generate import DecodeConfig
     from runtime.evaluation import evaluate_model, format_scores
 
@@ -90,7 +103,7 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: 
     decode = DecodeConfig(num_beams=e.num_beams, length_penalty=e.length_penalty,
                           no_repeat_ngram_size=e.no_repeat_ngram_size, max_new_tokens=e.max_new_tokens,
                           repeat_scope=e.repeat_scope)
-    record = evaluate_model(copy.deepcopy(model), cfg, run_dir, split=e.split, refs_style=e.refs_style,
+    record = evaluate_model(decodable(model), cfg, run_dir, split=e.split, refs_style=e.refs_style,
                             decode=decode, batch_size=e.batch_size, max_mrs=e.max_mrs, meteor=e.meteor,
                             device=device)
     print(f"splitlora: eval: {format_scores(record)}", file=sys.stderr, flush=True)
@@ -101,6 +114,16 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module, run_dir: Path, device: 
         mirror.add({"kind": "scores", "scores": record["scores"]})
         mirror.close()
     return record["scores"]
+
+
+def decodable(model: torch.nn.Module | SplitModel) -> torch.nn.Module | list:
+    """What decoding runs: a copy of the whole model (decoding merges its adapters), or the split's
+    chain of stages (``runtime/split/inference.py``)."""
+    if isinstance(model, SplitModel):
+        return model.decodable()
+    import copy
+
+    return copy.deepcopy(model)
 
 
 def test_due(cfg: Config, step: int) -> bool:

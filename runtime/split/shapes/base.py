@@ -88,6 +88,19 @@ class SplitShape:
         "activation_bytes"}``."""
         raise NotImplementedError
 
+    # -- inference through the split (runtime/split/inference.py) ----------------------
+    def eval_forward(self, part: torch.nn.Module, rank: int, batch: dict[str, torch.Tensor], codec: CutCodec,
+                     cut: int, head_cut: int) -> torch.Tensor:
+        """The client step's forward without autograd or update (the caller holds inference mode):
+        a language model's mean masked token loss, no label smoothing (a scalar); a classifier's
+        logits (B, labels)."""
+        raise NotImplementedError
+
+    def decode_stages(self, part: torch.nn.Module, remote: Any, cut: int, head_cut: int) -> list[Any]:
+        """The decoding chain (``models/decode_chain.py``) of a client holding ``part``, with the
+        server's part as ``remote`` (a ``RemoteStage``)."""
+        raise NotImplementedError
+
 
 def backward_and_update(stepper: Any, rank: int, ctx: int,
                         loss: torch.Tensor) -> tuple[float, ServerTimings, float, float]:

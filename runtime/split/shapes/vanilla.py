@@ -63,3 +63,17 @@ class Vanilla(SplitShape):
                 "server_opt_compute": server_times.server_opt,  # inside server_opt: not a phase of its own
                 "bytes_up": tensor_bytes(send, targets, mask), "bytes_down": tensor_bytes(send),
                 "activation_bytes": tensor_bytes(send)}
+
+    def eval_forward(self, part: torch.nn.Module, rank: int, batch: dict[str, torch.Tensor], codec: CutCodec,
+                     cut: int, head_cut: int) -> torch.Tensor:
+        from runtime.split import inference  # imports the control room, which imports the schema (and it, us)
+
+        ids = batch["input_ids"].to(next(part.parameters()).device)
+        send = codec.encode(part(ids))  # (B, T, C)
+        if getattr(part, "is_classifier", False):  # the server's head: logits (B, labels)
+            return rpc.rpc_sync(inference.SERVER, inference.server_eval_output, args=(rank, send, batch["loss_mask"]))
+        return rpc.rpc_sync(inference.SERVER, inference.server_eval_loss,
+                            args=(rank, send, batch["targets"], batch["loss_mask"]))
+
+    def decode_stages(self, part: torch.nn.Module, remote: Any, cut: int, head_cut: int) -> list[Any]:
+        return [part, remote]  # the server's stage ends in the head: it selects the candidates
