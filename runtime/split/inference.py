@@ -139,7 +139,9 @@ def server_decode_open(client: int, session: int, max_rows: int, capacity: int, 
 
 def server_decode(client: int, session: int, h: Tensor, rows: Tensor | None, pad: Tensor | None,
                   pen: tuple[Tensor, ...] | None) -> Any:
-    split_server._record("server_decode", h, *(t for t in (rows, pad, *(pen or ())) if t is not None))
+    named = [(n, t) for n, t in zip(("h", "rows", "pad", *Penalties._fields), (h, rows, pad, *(pen or ())))
+             if t is not None]
+    split_server._record("server_decode", *(t for _, t in named), names=[n for n, _ in named])
     return _decoding().forward(client, session, h, rows, pad, None if pen is None else Penalties(*pen))
 
 

@@ -58,11 +58,13 @@ class Batching:
     on_batch: Any = None  # callback(record) after every batch (the run's metrics.jsonl)
 
 
-def _record(call: str, *tensors: torch.Tensor) -> None:
+def _record(call: str, *tensors: torch.Tensor, names: list[str] | None = None) -> None:
     path = os.environ.get(RECORD_ENV)
     if path:
         row = {"call": call, "tensors": [{"dtype": str(t.dtype), "shape": list(t.shape),
                                           "floating": t.is_floating_point()} for t in tensors]}
+        if names is not None:
+            row["names"] = names
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -1,0 +1,41 @@
+"""Split inference in a SplitLoRA run: validation and scores at the end without the whole model.
+
+The same training evaluated two ways: through the split (the default) and with
+``--eval.whole_model`` (the first client assembles the whole model, the old way). The
+validation losses agree to 1e-6, both decode and score, and only the whole-model evaluation
+raises the client's peak memory by about a model.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.torchrun_util import torchrun
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--method=splitlora", "--split.cut=1", "--train.max_steps=4", "--runtime.order=round_robin",
+        "--eval.at_end=true", "--eval.split=valid", "--eval.max_mrs=4", "--eval.meteor=false", "--eval.num_beams=3",
+        "--out.save_model=false"]
+
+
+def test_evaluation_through_the_split_equals_the_whole_model_and_needs_no_whole_model(tmp_path):
+    split = torchrun(3, ARGS, tmp_path, "split")
+    whole = torchrun(3, [*ARGS, "--eval.whole_model=true"], tmp_path, "whole")
+    assert split.rc == 0 and whole.rc == 0, (split.stderr[-3000:], whole.stderr[-3000:])
+    a, b = split.summary(), whole.summary()
+    assert abs(a["val_loss"] - b["val_loss"]) <= 1e-6
+    for run in (split, whole):
+        record = json.loads((run.run_dir / "scores.json").read_text())
+        assert record["n_mrs"] == 4 and len((run.run_dir / "predictions.txt").read_text().splitlines()) == 4
+    first_a, first_b = a["clients"]["1"], b["clients"]["1"]
+    inference = first_a["split_inference"]
+    # Up: hidden states (R, T, 64) fp32 and a few indices; down: k = 3 x 3 candidates per row (8 B each).
+    assert inference["round_trips"] > 4 and inference["bytes_up"] > inference["bytes_down"] > 0
+    assert first_b["split_inference"] is None
+    jump = {name: s["memory_eval"]["cpu_rss_mib"] - s["memory"]["cpu_rss_mib"] for name, s in
+            (("split", first_a), ("whole", first_b))}
+    whole_mib = 2 * first_a["memory"]["part_mib"]  # the client part holds wte, most of this model
+    assert jump["split"] < jump["whole"] and jump["whole"] >= whole_mib, (jump, whole_mib)
