@@ -68,8 +68,14 @@ def test_what_the_server_receives(tmp_path, encoder_dirs, shape):
             *(["--split.head_cut=2"] if shape == "u" else []), *_args(encoder_dirs)]
     run = torchrun(3, args, tmp_path, shape, env={RECORD_ENV: str(record)})
     assert run.rc == 0, run.stderr[-3000:]
-    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    received = [json.loads(line) for line in record.read_text().splitlines()]
+    calls = [c for c in received if c["call"].startswith("server_forward")]
     assert len(calls) == 2 * 3
+    # The test scores at the end run through the split: hidden states and the padding mask go up,
+    # no label (the server returns the logits, or in U the middle's hidden states).
+    evals = [c for c in received if c not in calls]
+    assert evals and {c["call"] for c in evals} == {"server_eval_output"}
+    assert all(t["floating"] for c in evals for t in c["tensors"])
     tensors = [t for c in calls for t in c["tensors"]]
     if shape == "u":
         assert all(t["floating"] for t in tensors), tensors

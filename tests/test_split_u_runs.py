@@ -44,14 +44,18 @@ def test_what_the_server_receives(tmp_path, shape):
             "--runtime.order=round_robin"]
     run = torchrun(3, args, tmp_path, shape, env={RECORD_ENV: str(record)})
     assert run.rc == 0, run.stderr[-3000:]
-    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    received = [json.loads(line) for line in record.read_text().splitlines()]
+    calls = [c for c in received if c["call"].startswith("server_forward")]
     assert len(calls) == 2 * 3  # every client step sent one forward call
-    tensors = [t for c in calls for t in c["tensors"]]
+    # ... and the validation at the end runs through the split (runtime/split/inference.py)
+    assert {c["call"] for c in received} - {c["call"] for c in calls} == \
+        {"server_eval_output" if shape == "u" else "server_eval_loss"}
+    tensors = [t for c in received for t in c["tensors"]]
     steps = [r for r in run.metrics() if r.get("kind") == "step"]
     if shape == "u":
         assert {c["call"] for c in calls} == {"server_forward_hidden"}
         assert all(t["floating"] and t["dtype"] == "torch.float32" and len(t["shape"]) == 3 and t["shape"][2] == 64
-                   for t in tensors), tensors
+                   for t in tensors), tensors  # training and validation alike
         for r in steps:  # up and down: exactly 2 x B x T x d x 4 bytes each, nothing else
             b, t = r["examples"], r["tokens"] // r["examples"]
             assert r["bytes_up"] == r["bytes_down"] == 2 * b * t * 64 * 4

@@ -250,7 +250,7 @@ class ClientRun:
         Returns (loss, scores, the split inference's bytes and round trips or None)."""
         cfg, device = self.cfg, self.world.device
         batches = self.first.data.eval_batches()
-        if self.shape is None or cfg.eval.whole_model:
+        if self.shape is None or cfg.eval.whole_model or not self.shape.split_inference:
             return (*final_eval(cfg, self.whole_model().to(device), batches, self.run_dir, device), None)
         model = SplitModel(self.shape, self.global_view(), self.world.rank, self.codec, self.cut,
                            head_cut(cfg, self.global_view().config.n_layer))

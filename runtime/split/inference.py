@@ -90,7 +90,7 @@ class ServerDecoding:
                 pen: Penalties | None) -> Tensor | tuple[Tensor, Tensor]:
         with self.serving():
             stage, selection = self.sessions[(client, session)]
-            device = self.server.mode.device
+            device = self.server.device
             x = decode(h, device)  # (R, T, C)
             rows = None if rows is None else rows.to(device)
             length = stage.cache.length + x.shape[1]
@@ -108,13 +108,13 @@ class ServerDecoding:
 
     def eval_loss(self, client: int, h: Tensor, targets: Tensor, loss_mask: Tensor) -> Tensor:
         with self.serving() as part:
-            device = self.server.mode.device
+            device = self.server.device
             return model_loss(part, decode(h, device), targets.to(device), loss_mask.to(device), 0.0,
                               first_block=self.server.cuts.get(client, 0)).cpu()
 
     def eval_output(self, client: int, h: Tensor, real: Tensor | None) -> Tensor:
         with self.serving() as part:
-            device = self.server.mode.device
+            device = self.server.device
             extra = {} if real is None else {"attn_mask": real.to(device) > 0}
             out = part(decode(h, device), first_block=self.server.cuts.get(client, 0), **extra)
             # Hidden states go back in the cut's dtype; a classifier head's logits (B, labels) in fp32.
@@ -125,7 +125,7 @@ def _decoding() -> ServerDecoding:
     server = split_server.current()
     if server is None:
         raise RuntimeError("no SplitLoRA server is running on this worker")
-    if getattr(server, "decoding", None) is None:
+    if server.decoding is None:
         server.decoding = ServerDecoding(server)
     return server.decoding
 

@@ -77,6 +77,8 @@ class SplitServer:
                  clients: list[int], order: str, label_smoothing: float, timeout: float,
                  cuts: dict[int, int] | None = None, batching: Batching | None = None) -> None:
         self.part = part
+        self.device = device
+        self.decoding: Any = None  # split inference's sessions (runtime/split/inference.py), made on first use
         self.opt = optimizer
         self.sched = scheduler
         # Per-client cuts: the part holds blocks from the lowest cut on; client k's forward

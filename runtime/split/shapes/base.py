@@ -47,6 +47,9 @@ class SplitShape:
     batched_serving: ClassVar[bool] = False  # runtime/split/batching.py can serve it
     per_client_cuts: ClassVar[bool] = False  # split.client_cuts is implemented for it
     uses_head_cut: ClassVar[bool] = False  # split.head_cut applies
+    # eval_forward and decode_stages are implemented: validation and decoding run through the split
+    # (else the first client evaluates the assembled whole model)
+    split_inference: ClassVar[bool] = False
     # Latency model (launch/netsim.py): the share of a step's upload sent while the server waits
     # for it (the rest overlaps the client's own compute).
     gated_upload: ClassVar[float] = 0.0

@@ -26,6 +26,7 @@ from runtime.split.shapes.base import SplitShape, backward_and_update, register_
 @register_shape
 class U(SplitShape):
     name: ClassVar[str] = "u"
+    split_inference = True
     server_holds_head = False
     uses_head_cut = True
     gated_upload = 0.5  # the gradient at the back end's input goes up while the server waits

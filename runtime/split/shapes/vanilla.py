@@ -22,6 +22,7 @@ from runtime.split.shapes.base import SplitShape, backward_and_update, register_
 @register_shape
 class Vanilla(SplitShape):
     name: ClassVar[str] = "vanilla"
+    split_inference = True
     server_holds_head = True
     batched_serving = True
     per_client_cuts = True
