@@ -18,6 +18,9 @@ def test_arms_map_the_papers_rank_to_each_method():
     assert dict(arms("hetero", 1, 16, 3, [1, 4]))["hetlora"][-1] == "--fed.client_ranks=1,4,1"
     matched = dict(arms("main", 2, 16, 2, [1], match_scaling=True))["lora-a2"]
     assert matched[-1] == "--lora.alpha=128"  # 128 / 16 = 16 / 2
+    hetero = dict(arms("hetero", 1, 16, 4, [1, 2, 4, 8], match_scaling=True))
+    assert hetero["hetlora"][-1] == hetero["flexlora"][-1] == "--lora.alpha=128"  # 128 / 8 allocated = 16
+    assert hetero["lora-a2"][-1] == "--lora.alpha=256"  # 256 / r_G 16 = 16
     assert partition("0.01") == "dirichlet:0.01" and partition("pathological:2") == "pathological:2"
     with pytest.raises(ValueError, match="unknown arms"):
         arms("other", 1, 16, 2, [1])

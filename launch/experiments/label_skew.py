@@ -46,7 +46,9 @@ SIX = "q,k,v,attn_proj,mlp_fc,mlp_proj"
 def arms(kind: str, r: int, global_rank: int, clients: int, hetero: list[int],
          match_scaling: bool = False) -> list[tuple[str, list[str]]]:
     """(label, training arguments) of every arm of ``kind`` at rank ``r``. ``match_scaling``: LoRA-A2's
-    alpha is 16 · r_G / r, so that its alpha / r_G equals the rank-r arms' 16 / r."""
+    alpha is 16 · r_G / r, so that its alpha / r_G equals the rank-r arms' 16 / r; in the hetero arms
+    every arm's alpha is 16 × the rank it allocates (8 for HetLoRA and FlexLoRA at budgets up to 8,
+    r_G for LoRA-A2), so every adapter scales by 16, as the rank-1 arms' do."""
     budgets = ",".join([str(r)] * clients)
     a2 = ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={budgets}",
           *([f"--lora.alpha={16 * global_rank / r:g}"] if match_scaling else [])]
@@ -64,9 +66,15 @@ def arms(kind: str, r: int, global_rank: int, clients: int, hetero: list[int],
     if kind == "hetero":
         ranks = ",".join(str(hetero[i % len(hetero)]) for i in range(clients))
         top = max(hetero)
-        return [("hetlora", ["--fed.strategy=hetlora", f"--lora.r={top}", f"--fed.client_ranks={ranks}"]),
-                ("flexlora", ["--fed.strategy=flexlora", f"--lora.r={top}", f"--fed.client_ranks={ranks}"]),
-                ("lora-a2", ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={ranks}"])]
+
+        def alpha(allocated: int) -> list[str]:
+            return [f"--lora.alpha={16 * allocated}"] if match_scaling else []
+
+        return [("hetlora", ["--fed.strategy=hetlora", f"--lora.r={top}", f"--fed.client_ranks={ranks}", *alpha(top)]),
+                ("flexlora", ["--fed.strategy=flexlora", f"--lora.r={top}", f"--fed.client_ranks={ranks}",
+                              *alpha(top)]),
+                ("lora-a2", ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={ranks}",
+                             *alpha(global_rank)])]
     raise ValueError(f"unknown arms {kind!r}: main | ablation | hetero")
 
 
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = common.Progress(len(cells))
     results, failed = [], 0
     for i, (label, arm_args, r, skew, seed) in enumerate(cells, 1):
-        scaled = "-matched" if a.match_scaling and "--fed.strategy=lora-a2" in arm_args else ""
+        scaled = "-matched" if a.match_scaling and ("--fed.strategy=lora-a2" in arm_args or a.arms == "hetero") else ""
         name = f"{a.arms}-{label}{scaled}-r{r}-{skew.replace(':', '')}-s{seed}".replace("+", "").replace("=", "")
         progress.say(i, name, "training")
         nproc = (a.client_ranks or a.clients) + 1  # the server + the client ranks hosting the clients
