@@ -13,13 +13,19 @@ Model (stated in every report):
 * SplitLoRA, per client step: 3 RPC round trips (``server_forward``, the distributed
   backward, ``server_step``), activations + targets + mask up, the activation gradient
   down. The server admits one client at a time from forward to step (its gate), so
-  everything after the forward request — 2.5 round trips and the gradient download —
-  lies on the server's critical path and adds up over the N clients of a round; the
-  upload and the first half round trip overlap with the server serving another client,
-  so a round adds ``N · (2.5·rtt + down/rate_down) + 0.5·rtt + up/rate_up``. With one
-  client that is exactly ``3·rtt + up/rate_up + down/rate_down``. U-shaped split: the
-  same 3 round trips, but half the upload (the gradient at the client's back end) goes
-  up inside the gate: ``N · (2.5·rtt + down/rate_down + up/2/rate_up) + 0.5·rtt + up/2/rate_up``.
+  everything after the forward request — 2.5 round trips and the gradient download — lies
+  on the server's critical path: ``G = 2.5·rtt + down/rate_down`` per client step. The
+  upload and the first half round trip, ``O = 0.5·rtt + up/rate_up``, happen before the
+  client asks for the gate, while the server serves the others, so clients pipeline: a
+  round (every client one step) takes ``max(N·G, G + O)`` — with one client exactly
+  ``3·rtt + up/rate_up + down/rate_down``. An aggregation is a barrier: after it every
+  client uploads at once and the pipeline refills, ``min(O, (N-1)·G)`` more, counted with
+  the aggregation. U-shaped split: the same 3 round trips, but half the upload (the
+  gradient at the client's back end) goes up inside the gate: ``G = 2.5·rtt +
+  down/rate_down + up/2/rate_up``, ``O = 0.5·rtt + up/2/rate_up``. Held against real
+  shaped links (``launch/netcheck.py``; docs/performance.md): within 10 % at 10 and
+  2 Mbit/s for both shapes. (The earlier form, ``N·G + O`` per round, assumed no pipelining
+  and over-predicted by 15–20 %.)
 * FedLoRA: no traffic per step.
 * Aggregation (both federated methods), payload ``P`` bytes per client:
   ``ring`` (what gloo/NCCL's all_reduce does among the clients): ``2(N-1)`` steps, each
@@ -105,16 +111,32 @@ def parse_profiles(specs: Iterable[str]) -> list[LinkProfile]:
     return list(out.values())
 
 
-def split_round_link_s(p: LinkProfile, n_clients: int, up_bytes: float, down_bytes: float,
-                       shape: str = DEFAULT_SHAPE) -> float:
-    """Link time one SplitLoRA round (every client one step) adds to the run."""
-    if n_clients < 1:
-        return 0.0
+def split_step_link_s(p: LinkProfile, up_bytes: float, down_bytes: float,
+                      shape: str = DEFAULT_SHAPE) -> tuple[float, float]:
+    """(G, O): the link seconds of one client step inside the server's gate and before it."""
     # The share of the upload the server waits for (U: the gradient at the back end's input, half).
     gated_up = up_bytes * get_shape(shape).gated_upload
     gated = (ROUND_TRIPS["splitlora"] - 0.5) * p.rtt_s + p.down_s(down_bytes) + p.up_s(gated_up)
     overlapped = 0.5 * p.rtt_s + p.up_s(up_bytes - gated_up)
-    return n_clients * gated + overlapped
+    return gated, overlapped
+
+
+def split_round_link_s(p: LinkProfile, n_clients: int, up_bytes: float, down_bytes: float,
+                       shape: str = DEFAULT_SHAPE) -> float:
+    """Link time one SplitLoRA round (every client one step) adds to the run, clients pipelined."""
+    if n_clients < 1:
+        return 0.0
+    gated, overlapped = split_step_link_s(p, up_bytes, down_bytes, shape)
+    return max(n_clients * gated, gated + overlapped)
+
+
+def split_refill_link_s(p: LinkProfile, n_clients: int, up_bytes: float, down_bytes: float,
+                        shape: str = DEFAULT_SHAPE) -> float:
+    """The pipeline's refill after a barrier (an aggregation): every client uploads at once."""
+    if n_clients < 2:
+        return 0.0
+    gated, overlapped = split_step_link_s(p, up_bytes, down_bytes, shape)
+    return min(overlapped, (n_clients - 1) * gated)
 
 
 def allreduce_s(p: LinkProfile, n_clients: int, payload_bytes: float, algo: str = "ring") -> float:
@@ -157,8 +179,11 @@ def link_cost(p: LinkProfile, method: str, n_clients: int, up_bytes: float, down
     """The link model of one method, from its measured bytes per step and per aggregation."""
     if method == "cenlora":
         return LinkCost(0.0, 0.0, every)
-    per_round = split_round_link_s(p, n_clients, up_bytes, down_bytes, shape) if method == "splitlora" else 0.0
-    return LinkCost(per_round, allreduce_s(p, n_clients, agg_payload, algo), every)
+    if method != "splitlora":
+        return LinkCost(0.0, allreduce_s(p, n_clients, agg_payload, algo), every)
+    refill = split_refill_link_s(p, n_clients, up_bytes, down_bytes, shape)
+    return LinkCost(split_round_link_s(p, n_clients, up_bytes, down_bytes, shape),
+                    allreduce_s(p, n_clients, agg_payload, algo) + refill, every)
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:

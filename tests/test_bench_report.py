@@ -28,11 +28,17 @@ def test_split_round_is_three_round_trips_plus_transfer_for_one_client() -> None
     p = netsim.LinkProfile("t", up_mbps=8.0, down_mbps=16.0, rtt_ms=10.0)
     # 1 MB up at 8 Mbit/s = 1 s, 1 MB down at 16 Mbit/s = 0.5 s, 3 round trips of 10 ms.
     assert netsim.split_round_link_s(p, 1, 1e6, 1e6) == pytest.approx(0.03 + 1.0 + 0.5)
-    # N clients: the gated part (2.5 RTT + download) repeats per client; one upload is exposed.
-    assert netsim.split_round_link_s(p, 4, 1e6, 1e6) == pytest.approx(4 * (0.025 + 0.5) + 0.005 + 1.0)
+    # N clients pipeline: the gated part G (2.5 RTT + download) repeats per client, the upload O
+    # overlaps the others' gated time: max(N G, G + O) per round; a barrier refills min(O, (N-1) G).
+    G, O = 0.025 + 0.5, 0.005 + 1.0
+    assert netsim.split_round_link_s(p, 4, 1e6, 1e6) == pytest.approx(4 * G)
+    assert netsim.split_round_link_s(p, 2, 1e6, 1e6) == pytest.approx(G + O)  # the upload is the longer
+    assert netsim.split_refill_link_s(p, 4, 1e6, 1e6) == pytest.approx(O)
+    assert netsim.split_refill_link_s(p, 2, 1e6, 1e6) == pytest.approx(G)
+    assert netsim.split_refill_link_s(p, 1, 1e6, 1e6) == 0.0
     # U: the same for one client; with N, half the upload (the back end's gradient) is inside the gate.
     assert netsim.split_round_link_s(p, 1, 1e6, 1e6, "u") == pytest.approx(0.03 + 1.0 + 0.5)
-    assert netsim.split_round_link_s(p, 4, 1e6, 1e6, "u") == pytest.approx(4 * (0.025 + 0.5 + 0.5) + 0.005 + 0.5)
+    assert netsim.split_round_link_s(p, 4, 1e6, 1e6, "u") == pytest.approx(4 * (0.025 + 0.5 + 0.5))
 
 
 def test_allreduce_ring_and_star() -> None:

@@ -103,3 +103,25 @@ def test_link_profiles_are_parsed_per_client():
     assert parse_links(0, "100/20,10/50", 2) == [(100.0, 20.0), (10.0, 50.0)]
     with pytest.raises(ValueError, match="needs 3 UP/DOWN pairs"):
         parse_links(0, "100/20,10/50", 3)
+
+
+def test_netcheck_predicts_from_the_unshaped_runs_bytes():
+    """launch.netcheck's prediction is netsim's model of the baseline's bytes: SplitLoRA on one
+    client pair at 8 Mbit/s with RTT 0 is the pipelined rounds plus, per aggregation, the ring
+    all-reduce and the pipeline's refill; FedLoRA only the all-reduce; unshaped nothing."""
+    from launch.netcheck import bytes_of, predicted_extra_s
+
+    clients = {"1": {"aggregation_rounds": 2, "aggregation_bytes": 2e6},
+               "2": {"aggregation_rounds": 2, "aggregation_bytes": 2e6}}
+    split = {"method": "splitlora", "n_clients": 2, "local_steps": 10, "bytes_up": 20e6, "bytes_down": 10e6,
+             "clients": clients}
+    assert bytes_of(split) == {"up": 1e6, "down": 0.5e6, "payload": 1e6}
+    gated, overlapped = 0.5e6 * 8 / 8e6, 1e6 * 8 / 8e6  # the download inside the server's gate, the upload
+    per_round = max(2 * gated, gated + overlapped)  # the two clients pipeline
+    refill = min(overlapped, gated)  # after each aggregation's barrier
+    ring = 2 * (2 - 1) * (0.5e6 * 8 / 8e6)  # 2(N-1) chunks of payload / N
+    assert predicted_extra_s(split, "splitlora", 8.0, 5, "vanilla") == pytest.approx(
+        10 * per_round + 2 * (ring + refill))
+    fed = {**split, "method": "fedlora"}
+    assert predicted_extra_s(fed, "fedlora", 8.0, 5, "vanilla") == pytest.approx(2 * ring)
+    assert predicted_extra_s(split, "splitlora", 0.0, 5, "vanilla") == 0.0

@@ -1,0 +1,112 @@
+"""The link model held against real shaped links: ``launch/netsim.py``'s prediction beside the
+time a run measures under ``launch/netlab.py`` at several link rates.
+
+    sudo python -m launch.netcheck --rates 0,50,10,2 --out runs/netcheck -- --train.max_steps 20
+
+For each method (``--methods``) the same ``launch.train`` job runs once per rate, every node in
+its own namespace, each client's uplink and downlink shaped to the rate (0: unshaped, the
+baseline; it must come first). From the unshaped run's bytes (per client step: ``bytes_up`` /
+``bytes_down``; per aggregation: the payload) netsim predicts the time each link adds
+(serialisation only: round-trip time cannot be emulated here, so the profile's RTT is 0);
+the measured extra is the shaped run's training wall time minus the unshaped one's. Writes
+``netcheck.json`` and ``netcheck.md`` into ``--out``. Needs root (as netlab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from launch import netlab, netsim
+
+METHOD_ARGS = {"splitlora": ["--method=splitlora"], "splitlora-u": ["--method=splitlora", "--split.shape=u"],
+               "fedlora": ["--method=fedlora"]}
+
+
+def bytes_of(summary: dict[str, Any]) -> dict[str, float]:
+    """Per client step (up, down) and per aggregation (payload per client) bytes of a finished run."""
+    clients = summary["clients"].values()
+    steps = summary["n_clients"] * summary["local_steps"]
+    rounds = sum(c["aggregation_rounds"] for c in clients)
+    return {"up": summary["bytes_up"] / steps, "down": summary["bytes_down"] / steps,
+            "payload": sum(c["aggregation_bytes"] for c in clients) / max(rounds, 1)}
+
+
+def predicted_extra_s(summary: dict[str, Any], method: str, rate: float, every: int, shape: str) -> float:
+    """netsim's link seconds for the whole run of ``summary`` on ``rate`` Mbit/s each way, RTT 0."""
+    if rate <= 0:
+        return 0.0
+    b = bytes_of(summary)
+    profile = netsim.LinkProfile(f"{rate:g} Mbit/s", rate, rate, 0.0)
+    cost = netsim.link_cost(profile, summary["method"], summary["n_clients"], b["up"], b["down"], b["payload"],
+                            every, shape=shape)
+    return cost.whole_run(summary["local_steps"])
+
+
+def one_run(name: str, rate: float, n_nodes: int, train_args: list[str], out: Path) -> dict[str, Any]:
+    lab = netlab.Lab(n_nodes)
+    try:
+        lab.up(netlab.parse_links(rate, "", n_nodes - 1))
+        args = [*train_args, f"--out.dir={out / 'runs'}", f"--out.name={name}"]
+        codes = netlab.run(lab, args, out / "logs" / name, timeout=1800)
+    finally:
+        lab.close()
+    if any(codes):
+        raise SystemExit(f"netcheck: {name} failed (node exit codes {codes}); logs in {out / 'logs' / name}")
+    return json.loads((out / "runs" / name / "summary.json").read_text())
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| method | link (Mbit/s each way) | training wall (s) | measured extra (s) | netsim extra (s) "
+             "| measured / netsim |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['measured_extra_s'] / r['predicted_extra_s']:.2f}" if r["predicted_extra_s"] > 0 else "—"
+        lines.append(f"| {r['method']} | {r['rate'] or 'unshaped'} | {r['wall_s']:.1f} | {r['measured_extra_s']:.1f} "
+                     f"| {r['predicted_extra_s']:.1f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="0,50,10,2", help="Mbit/s each way per client link; 0 (unshaped) first")
+    ap.add_argument("--methods", default="splitlora,fedlora", help=f"of {', '.join(METHOD_ARGS)}")
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--every", type=int, default=5, help="fed.aggregate_every of the jobs")
+    ap.add_argument("--out", default="runs/netcheck")
+    a = ap.parse_args(ours)
+    rates = [float(x) for x in a.rates.split(",")]
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if not rates or rates[0] != 0:
+        ap.error("--rates must start with 0 (the unshaped baseline)")
+    if unknown := [m for m in methods if m not in METHOD_ARGS]:
+        ap.error(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_ARGS)}")
+    netlab.check_tools()
+    out = Path(a.out)
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        shape = "u" if method.endswith("-u") else "vanilla"
+        args = [*METHOD_ARGS[method], f"--fed.aggregate_every={a.every}", *train_args]
+        base = None
+        for rate in rates:
+            name = f"{method}-{rate:g}"
+            print(f"netcheck: {name}", file=sys.stderr, flush=True)
+            summary = one_run(name, rate, a.clients + 1, args, out)
+            base = summary if base is None else base
+            rows.append({"method": method, "rate": rate, "wall_s": summary["wall_s"],
+                         "measured_extra_s": summary["wall_s"] - base["wall_s"],
+                         "predicted_extra_s": predicted_extra_s(base, method, rate, a.every, shape),
+                         "bytes": bytes_of(base)})
+    (out / "netcheck.json").write_text(json.dumps({"rows": rows, "train_args": train_args, "clients": a.clients,
+                                                   "every": a.every}, indent=2) + "\n")
+    (out / "netcheck.md").write_text(table(rows))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
