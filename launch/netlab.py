@@ -113,11 +113,14 @@ def node_command(lab: Lab, k: int, port: int, train_args: list[str]) -> list[str
 
 
 def run(lab: Lab, train_args: list[str], logs: Path, timeout: float, port: int = 29400,
-        link_down: tuple[int, float] | None = None, grace: float = 90.0, absent: int | None = None) -> list[int]:
+        link_down: tuple[int, float] | None = None, grace: float = 90.0, absent: int | None = None,
+        flap_s: float = 0.0) -> list[int]:
     """One torchrun per node; returns every node's exit code. Once a node fails the others get
     ``grace`` seconds to end on their own (what a fault does to each rank is the measurement),
-    then they are ended. ``link_down`` (node, seconds): take that node's link down then;
-    ``absent``: a node that never starts (its exit code is reported as 0)."""
+    then they are ended (not when a client node fails under ``--fed.on_client_failure continue``:
+    the others may finish without it). ``link_down`` (node, seconds): take that node's link down then (and
+    back up ``flap_s`` seconds later, when given); ``absent``: a node that never starts (its
+    exit code is reported as 0)."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
@@ -131,17 +134,27 @@ def run(lab: Lab, train_args: list[str], logs: Path, timeout: float, port: int =
                                        env=env, start_new_session=True), out))
     start = time.monotonic()
     deadline = start + timeout
+    survivable = any(a.replace(" ", "=") == "--fed.on_client_failure=continue" for a in train_args) or any(
+        a == "--fed.on_client_failure" and b == "continue" for a, b in zip(train_args, train_args[1:]))
     codes: list[int | None] = [None] * len(procs)
+    link_up_at: tuple[int, float] | None = None
     try:
         while None in codes:
             if link_down is not None and time.monotonic() - start >= link_down[1]:
                 sh("ip", "link", "set", lab.host_ends[link_down[0]], "down")
                 print(f"netlab: node {link_down[0]}'s link is down", file=sys.stderr, flush=True)
+                link_up_at = (link_down[0], time.monotonic() + flap_s) if flap_s > 0 else None
                 link_down = None
+            if link_up_at is not None and time.monotonic() >= link_up_at[1]:
+                sh("ip", "link", "set", lab.host_ends[link_up_at[0]], "up")
+                print(f"netlab: node {link_up_at[0]}'s link is up again", file=sys.stderr, flush=True)
+                link_up_at = None
             for i, (p, _) in enumerate(procs):
                 codes[i] = p.poll()
-            if any(c not in (None, 0) for c in codes):
-                deadline = min(deadline, time.monotonic() + grace)  # a node failed: the others end soon
+            failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+            # A node failed: the others end soon, unless a client may leave the run (its policy says continue).
+            if failed and not (survivable and 0 not in failed):
+                deadline = min(deadline, time.monotonic() + grace)
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -179,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--absent", type=int, default=None, metavar="NODE", help="a fault: NODE never starts")
     ap.add_argument("--link-down", default="", metavar="NODE:SECONDS",
                     help="a fault: take NODE's link down SECONDS after the start")
+    ap.add_argument("--flap", type=float, default=0.0, metavar="SECONDS",
+                    help="with --link-down: bring the link back up after SECONDS (a link flap)")
     a = ap.parse_args(ours)
     link_down = None
     if a.link_down:
@@ -186,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         link_down = (int(node), float(seconds))
         if not 0 <= link_down[0] < a.nodes:
             ap.error(f"--link-down: node {node} is not one of 0..{a.nodes - 1}")
+    if a.flap and not link_down:
+        ap.error("--flap needs --link-down NODE:SECONDS (when the link goes down)")
     if a.nodes < 2:
         ap.error("--nodes must be >= 2 (the server and a client)")
     links = parse_links(a.link, a.links, a.nodes - 1)
@@ -197,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         lab.up(links)
         print(f"netlab: {a.nodes} nodes at {PREFIX}1..{a.nodes} on {lab.bridge}; client links (up/down Mbit/s, "
               f"0 = unshaped): {links}; logs in {a.logs}", file=sys.stderr, flush=True)
-        codes = run(lab, train_args, Path(a.logs), a.timeout, link_down=link_down, absent=a.absent)
+        codes = run(lab, train_args, Path(a.logs), a.timeout, link_down=link_down, absent=a.absent, flap_s=a.flap)
     except KeyboardInterrupt:
         print("netlab: interrupted", file=sys.stderr)
         codes = [130]

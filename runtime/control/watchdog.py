@@ -41,6 +41,21 @@ class Watchdog(threading.Thread):
     def stop(self) -> None:
         self._stop.set()
 
+    def others_reachable(self, peer: str) -> bool | None:
+        """Whether any watched peer but ``peer`` answers a ping now; None when there is no other.
+        Every peer lost at once points at this node's own network rather than at ``peer``."""
+        with self._lock:
+            others = [p for p in self.peers if p != peer]
+        if not others:
+            return None
+        for other in others:
+            try:
+                rpc.rpc_sync(other, ping, timeout=min(self.timeout, 5.0))
+                return True
+            except Exception:  # noqa: BLE001 - unreachable too
+                continue
+        return False
+
     def run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:

@@ -272,7 +272,8 @@ def run_client(cfg: Config, world: World, run_dir: Path, datas: list[ClientData]
     run = ClientRun(cfg, world, run_dir, datas, plan)
 
     def on_server_failure(peer: str, exc: BaseException) -> None:
-        abort(world.role, f"the server is unreachable ({type(exc).__name__}); it failed or was killed")
+        abort(world.role, f"the server is unreachable ({type(exc).__name__}); it failed, was killed, or the "
+                          "network between them is down")
 
     watchdog = Watchdog([SERVER], on_server_failure, timeout=min(10.0, cfg.runtime.rpc_timeout))
     world_barrier()  # the server is ready

@@ -46,6 +46,9 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     def on_client_failure(peer: str, exc: BaseException) -> None:
         rank = int(peer.removeprefix("client"))
         reason = f"{peer} is unreachable ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        if watchdog.others_reachable(peer) is False:  # no client answers: the server's own link, most likely
+            abort("server", f"no client is reachable ({reason}, and every other client too): this node's network "
+                            "may be down; aborting every rank")
         if cfg.fed.on_client_failure == "continue" and len(coord.live_clients()) > 1 and not coord.dropped:
             coord.drop(rank, reason)
         else:
