@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.torchrun_util import FAST, REPO
 
@@ -94,6 +95,55 @@ def test_a_node_that_never_starts_ends_the_others_at_the_rendezvous_timeout(tmp_
     assert proc.returncode != 0 and "node exit codes [1, 1, 0]" in proc.stderr, proc.stderr[-2000:]
     assert took < RDZV_TIMEOUT + 60, took
     assert not _leftovers(proc.stderr)
+
+
+@skip_without_lab
+@pytest.mark.heavy
+def test_a_five_second_link_flap_is_survived_with_nothing_lost(tmp_path):
+    proc, _ = _netlab(tmp_path, ["--link-down=2:25", "--flap=5"], ["--train.max_steps=300"])
+    assert proc.returncode == 0 and "node 2's link is up again" in proc.stderr, proc.stderr[-2000:]
+    steps = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    mine = [r for r in steps if r.get("kind") == "step" and r["client"] == 2]
+    assert [r["step"] for r in mine] == list(range(1, 301))  # every step, once
+    assert max(r["step_time"] for r in mine) >= 4.0  # one step waited out the outage (TCP retransmits)
+    assert not _leftovers(proc.stderr)
+
+
+@skip_without_lab
+@pytest.mark.heavy
+def test_the_servers_link_cut_ends_every_node_naming_the_servers_network(tmp_path):
+    proc, took = _netlab(tmp_path, ["--link-down=0:25"], ["--train.max_steps=2000", "--runtime.rpc_timeout=30",
+                                                          "--fed.on_client_failure=continue"])
+    assert "node exit codes [1, 1, 1]" in proc.stderr, proc.stderr[-2000:]
+    server, first, second = ((tmp_path / "logs" / f"node{k}.log").read_text() for k in range(3))
+    assert "no client is reachable" in server and "this node's network may be down" in server
+    assert "dropped out" not in server  # not mistaken for one client's failure under continue
+    assert "the server is unreachable" in first and "the server is unreachable" in second
+    assert took < 25 + 30 + 40, took
+    assert not _leftovers(proc.stderr)
+
+
+@skip_without_lab
+@pytest.mark.heavy
+def test_resume_after_a_link_cut_equals_the_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.torchrun_util import torchrun
+
+    train = ["--train.max_steps=100", "--ckpt.every=20", "--runtime.order=round_robin", "--runtime.rpc_timeout=30"]
+    proc, _ = _netlab(tmp_path, ["--link-down=2:22"], train)
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    done = int((tmp_path / "run/ckpt/latest").read_text().strip().removeprefix("step_"))
+    assert 0 < done < 100
+    cmd = [sys.executable, "-m", "launch.netlab", "--nodes=3", f"--logs={tmp_path / 'logs2'}", "--",
+           f"--resume={tmp_path / 'run'}"]
+    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = torchrun(3, train, tmp_path, "whole")
+    assert whole.rc == 0, whole.stderr[-2000:]
+    a = load_file(str(tmp_path / "run/model/lora.safetensors"))
+    b = load_file(str(whole.run_dir / "model/lora.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_link_profiles_are_parsed_per_client():
