@@ -35,21 +35,37 @@ def bytes_of(summary: dict[str, Any]) -> dict[str, float]:
             "payload": sum(c["aggregation_bytes"] for c in clients) / max(rounds, 1)}
 
 
-def predicted_extra_s(summary: dict[str, Any], method: str, rate: float, every: int, shape: str) -> float:
-    """netsim's link seconds for the whole run of ``summary`` on ``rate`` Mbit/s each way, RTT 0."""
-    if rate <= 0:
+def parse_rate(spec: str) -> tuple[float, float]:
+    """``R`` (R Mbit/s each way) or ``UP/DOWN`` -> (up, down) Mbit/s; 0 = unshaped."""
+    parts = [float(x) for x in spec.split("/")]
+    if len(parts) not in (1, 2) or any(x < 0 for x in parts) or (len(parts) == 2 and 0 in parts):
+        raise ValueError(f"a rate is R or UP/DOWN Mbit/s (both > 0), got {spec!r}")
+    return (parts[0], parts[-1])
+
+
+def link_name(rate: tuple[float, float]) -> str:
+    up, down = rate
+    return "unshaped" if up == 0 else (f"{up:g}" if up == down else f"{up:g}/{down:g}")
+
+
+def predicted_extra_s(summary: dict[str, Any], method: str, rate: float | tuple[float, float], every: int,
+                      shape: str) -> float:
+    """netsim's link seconds for the whole run of ``summary`` on ``rate`` Mbit/s (each way, or (up,
+    down)), RTT 0."""
+    up, down = rate if isinstance(rate, tuple) else (rate, rate)
+    if up <= 0:
         return 0.0
     b = bytes_of(summary)
-    profile = netsim.LinkProfile(f"{rate:g} Mbit/s", rate, rate, 0.0)
+    profile = netsim.LinkProfile(f"{up:g}/{down:g} Mbit/s", up, down, 0.0)
     cost = netsim.link_cost(profile, summary["method"], summary["n_clients"], b["up"], b["down"], b["payload"],
                             every, shape=shape)
     return cost.whole_run(summary["local_steps"])
 
 
-def one_run(name: str, rate: float, n_nodes: int, train_args: list[str], out: Path) -> dict[str, Any]:
+def one_run(name: str, rate: tuple[float, float], n_nodes: int, train_args: list[str], out: Path) -> dict[str, Any]:
     lab = netlab.Lab(n_nodes)
     try:
-        lab.up(netlab.parse_links(rate, "", n_nodes - 1))
+        lab.up([rate] * (n_nodes - 1))
         args = [*train_args, f"--out.dir={out / 'runs'}", f"--out.name={name}"]
         codes = netlab.run(lab, args, out / "logs" / name, timeout=1800)
     finally:
@@ -60,11 +76,11 @@ def one_run(name: str, rate: float, n_nodes: int, train_args: list[str], out: Pa
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | link (Mbit/s each way) | training wall (s) | measured extra (s) | netsim extra (s) "
+    lines = ["| method | link (Mbit/s, up/down) | training wall (s) | measured extra (s) | netsim extra (s) "
              "| measured / netsim |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['measured_extra_s'] / r['predicted_extra_s']:.2f}" if r["predicted_extra_s"] > 0 else "—"
-        lines.append(f"| {r['method']} | {r['rate'] or 'unshaped'} | {r['wall_s']:.1f} | {r['measured_extra_s']:.1f} "
+        lines.append(f"| {r['method']} | {r['link']} | {r['wall_s']:.1f} | {r['measured_extra_s']:.1f} "
                      f"| {r['predicted_extra_s']:.1f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
@@ -73,15 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default="0,50,10,2", help="Mbit/s each way per client link; 0 (unshaped) first")
+    ap.add_argument("--rates", default="0,50,10,2",
+                    help="per client link: R (Mbit/s each way) or UP/DOWN, comma list; 0 (unshaped) first")
     ap.add_argument("--methods", default="splitlora,fedlora", help=f"of {', '.join(METHOD_ARGS)}")
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--label", default="", help="a suffix for the method names (e.g. bf16 for a bf16 cut)")
     ap.add_argument("--every", type=int, default=5, help="fed.aggregate_every of the jobs")
     ap.add_argument("--out", default="runs/netcheck")
     a = ap.parse_args(ours)
-    rates = [float(x) for x in a.rates.split(",")]
+    try:
+        rates = [parse_rate(x) for x in a.rates.split(",")]
+    except ValueError as exc:
+        ap.error(f"--rates: {exc}")
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    if not rates or rates[0] != 0:
+    if not rates or rates[0] != (0.0, 0.0):
         ap.error("--rates must start with 0 (the unshaped baseline)")
     if unknown := [m for m in methods if m not in METHOD_ARGS]:
         ap.error(f"--methods: unknown {unknown}; choose from {', '.join(METHOD_ARGS)}")
@@ -90,14 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for method in methods:
         shape = "u" if method.endswith("-u") else "vanilla"
+        label = f"{method}-{a.label}" if a.label else method
         args = [*METHOD_ARGS[method], f"--fed.aggregate_every={a.every}", *train_args]
         base = None
         for rate in rates:
-            name = f"{method}-{rate:g}"
+            link = link_name(rate)
+            name = f"{label}-{link.replace('/', '-')}"
             print(f"netcheck: {name}", file=sys.stderr, flush=True)
             summary = one_run(name, rate, a.clients + 1, args, out)
             base = summary if base is None else base
-            rows.append({"method": method, "rate": rate, "wall_s": summary["wall_s"],
+            rows.append({"method": label, "rate": list(rate), "link": link, "wall_s": summary["wall_s"],
                          "measured_extra_s": summary["wall_s"] - base["wall_s"],
                          "predicted_extra_s": predicted_extra_s(base, method, rate, a.every, shape),
                          "bytes": bytes_of(base)})

@@ -175,3 +175,17 @@ def test_netcheck_predicts_from_the_unshaped_runs_bytes():
     fed = {**split, "method": "fedlora"}
     assert predicted_extra_s(fed, "fedlora", 8.0, 5, "vanilla") == pytest.approx(2 * ring)
     assert predicted_extra_s(split, "splitlora", 0.0, 5, "vanilla") == 0.0
+    # An asymmetric link: the upload at 4 Mbit/s, the download at 16.
+    gated, overlapped = 0.5e6 * 8 / 16e6, 1e6 * 8 / 4e6
+    asym = 10 * max(2 * gated, gated + overlapped) + 2 * (2 * (0.5e6 * 8 / 4e6) + min(overlapped, gated))
+    assert predicted_extra_s(split, "splitlora", (4.0, 16.0), 5, "vanilla") == pytest.approx(asym)
+
+
+def test_netcheck_rates():
+    from launch.netcheck import link_name, parse_rate
+
+    assert parse_rate("0") == (0.0, 0.0) and parse_rate("10/50") == (10.0, 50.0) and parse_rate("20") == (20.0, 20.0)
+    assert [link_name(parse_rate(x)) for x in ("0", "5", "10/50")] == ["unshaped", "5", "10/50"]
+    for bad in ("10/0", "-1", "1/2/3"):
+        with pytest.raises(ValueError, match="UP/DOWN"):
+            parse_rate(bad)
