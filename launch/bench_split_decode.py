@@ -83,7 +83,7 @@ def measure(args: argparse.Namespace, preset: str, shape: str) -> dict:
     client, _ = parts(whole, shape, cut)
     merged = copy.deepcopy(whole)
     merge_lora(merged)
-    split = SplitModel(get_shape(shape), client, 1, CutCodec(), cut, n_layer - cut)
+    split = SplitModel(get_shape(shape), client, "server", 1, CutCodec(), cut, n_layer - cut)
     prompts = prompts_for(args.prompts, vocab, args.seed)
     # A stop id outside the vocabulary: every hypothesis runs to max_new_tokens, so each side does
     # the same, known amount of work (a random model would otherwise stop at random).

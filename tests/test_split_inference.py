@@ -76,7 +76,7 @@ def _client(shape: str, rank: int) -> dict:
     cut = CUTS[shape][rank]
     part, _ = _parts(shape, cut)
     whole = _whole()
-    model = SplitModel(get_shape(shape), part, rank, CutCodec(), cut, 3)
+    model = SplitModel(get_shape(shape), part, "server", rank, CutCodec(), cut, 3)
     out = {"beam": [], "greedy": []}
     prompts = PROMPTS[rank - 1:] + PROMPTS[: rank - 1]  # the two clients decode different batches
     for cfg in SETTINGS:

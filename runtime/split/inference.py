@@ -45,7 +45,6 @@ from torch import Tensor, nn
 from models.decode_chain import PartStage, Stage, StepInput, padding_mask
 from models.decode_ops import Penalties, Selection
 from models.loss import model_loss
-from runtime.control.dist import SERVER
 from runtime.io.telemetry import tensor_bytes
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec, decode, reply_like
@@ -168,14 +167,14 @@ class RemoteStage(Stage):
     """The server's part as a stage of this client's decoding chain. ``meter`` counts the
     payload bytes each way and the round trips."""
 
-    def __init__(self, rank: int, codec: CutCodec, selects: bool, meter: dict[str, int]) -> None:
-        self.rank, self.codec, self.selects, self.meter = rank, codec, selects, meter
+    def __init__(self, server: str, rank: int, codec: CutCodec, selects: bool, meter: dict[str, int]) -> None:
+        self.server, self.rank, self.codec, self.selects, self.meter = server, rank, codec, selects, meter
         self.session = 0
 
     def open(self, max_rows: int, capacity: int, last: bool, selection: Selection) -> None:
         self.session = next(_SESSIONS)
         k = selection.k if self.selects else 0
-        rpc.rpc_sync(SERVER, server_decode_open, args=(self.rank, self.session, max_rows, capacity, k,
+        rpc.rpc_sync(self.server, server_decode_open, args=(self.rank, self.session, max_rows, capacity, k,
                                                        selection.repetition_penalty))
 
     def __call__(self, inp: StepInput, pen: Penalties | None = None) -> Tensor | tuple[Tensor | None, Tensor]:
@@ -185,7 +184,7 @@ class RemoteStage(Stage):
         pad = None if inp.mask is None else inp.pad.cpu()  # None: no row is padded (no mask)
         wire = None if pen is None else tuple(t.cpu() for t in pen.compact())
         sent = [t for t in (h, rows, pad, *(wire or ())) if t is not None]
-        out = rpc.rpc_sync(SERVER, server_decode, args=(self.rank, self.session, h, rows, pad, wire))
+        out = rpc.rpc_sync(self.server, server_decode, args=(self.rank, self.session, h, rows, pad, wire))
         self.meter["up"] += tensor_bytes(*sent)
         self.meter["calls"] += 1
         if not self.selects:
@@ -199,7 +198,7 @@ class RemoteStage(Stage):
 
     def close(self) -> None:
         if self.session:
-            rpc.rpc_sync(SERVER, server_decode_close, args=(self.rank, self.session))
+            rpc.rpc_sync(self.server, server_decode_close, args=(self.rank, self.session))
             self.session = 0
 
 
@@ -209,8 +208,9 @@ class SplitModel:
     ``decodable`` (decoding) run the split shape's inference path (``SplitShape.eval_forward``,
     ``SplitShape.decode_stages``); ``meter`` counts the decoding's bytes and round trips."""
 
-    def __init__(self, shape: Any, part: nn.Module, rank: int, codec: CutCodec, cut: int, head_cut: int) -> None:
-        self.shape, self.part, self.rank, self.codec = shape, part, rank, codec
+    def __init__(self, shape: Any, part: nn.Module, server: str, rank: int, codec: CutCodec, cut: int,
+                 head_cut: int) -> None:
+        self.shape, self.part, self.server, self.rank, self.codec = shape, part, server, rank, codec
         self.cut, self.head_cut = cut, head_cut
         self.meter = {"up": 0, "down": 0, "calls": 0}
 
@@ -220,7 +220,8 @@ class SplitModel:
 
     def _forward(self, batch: dict[str, Tensor]) -> Tensor:
         with torch.inference_mode(), eval_mode(self.part):
-            return self.shape.eval_forward(self.part, self.rank, batch, self.codec, self.cut, self.head_cut)
+            return self.shape.eval_forward(self.part, self.server, self.rank, batch, self.codec, self.cut,
+                                           self.head_cut)
 
     def loss(self, batch: dict[str, Tensor]) -> float:
         """A language model's mean masked token NLL over ``batch`` (no label smoothing)."""
@@ -232,7 +233,7 @@ class SplitModel:
 
     def decodable(self) -> list[nn.Module | Stage]:
         """The decoding chain: this client's part(s) and the server's ``RemoteStage``."""
-        remote = RemoteStage(self.rank, self.codec, self.shape.server_holds_head, self.meter)
+        remote = RemoteStage(self.server, self.rank, self.codec, self.shape.server_holds_head, self.meter)
         return self.shape.decode_stages(self.part, remote, self.cut, self.head_cut)
 
 

@@ -92,8 +92,8 @@ class SplitShape:
         raise NotImplementedError
 
     # -- inference through the split (runtime/split/inference.py) ----------------------
-    def eval_forward(self, part: torch.nn.Module, rank: int, batch: dict[str, torch.Tensor], codec: CutCodec,
-                     cut: int, head_cut: int) -> torch.Tensor:
+    def eval_forward(self, part: torch.nn.Module, server: str, rank: int, batch: dict[str, torch.Tensor],
+                     codec: CutCodec, cut: int, head_cut: int) -> torch.Tensor:
         """The client step's forward without autograd or update (the caller holds inference mode):
         a language model's mean masked token loss, no label smoothing (a scalar); a classifier's
         logits (B, labels)."""

@@ -18,6 +18,7 @@ import torch.distributed.rpc as rpc
 from models.loss import model_loss
 from models.split_u import UBack, UFront
 from runtime.io.telemetry import now, stamp, sync, tensor_bytes
+from runtime.split import inference
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec, decode
 from runtime.split.shapes.base import SplitShape, backward_and_update, register_shape
@@ -84,16 +85,14 @@ class U(SplitShape):
                 "bytes_up": tensor_bytes(send, mid, *real), "bytes_down": tensor_bytes(mid, send),
                 "activation_bytes": tensor_bytes(send)}
 
-    def eval_forward(self, part: torch.nn.Module, rank: int, batch: dict[str, torch.Tensor], codec: CutCodec,
-                     cut: int, head_cut: int) -> torch.Tensor:
-        from runtime.split import inference  # imports the control room, which imports the schema (and it, us)
-
+    def eval_forward(self, part: torch.nn.Module, server: str, rank: int, batch: dict[str, torch.Tensor],
+                     codec: CutCodec, cut: int, head_cut: int) -> torch.Tensor:
         device = next(part.parameters()).device
         ids, targets, mask = (batch[k].to(device) for k in ("input_ids", "targets", "loss_mask"))
         classifier = getattr(part, "is_classifier", False)
         send = codec.encode(part(ids, stop_block=cut))  # (B, T, C) the front's output
         real = (batch["loss_mask"],) if classifier else ()
-        x = decode(rpc.rpc_sync(inference.SERVER, inference.server_eval_output, args=(rank, send, *real)), device)
+        x = decode(rpc.rpc_sync(server, inference.server_eval_output, args=(rank, send, *real)), device)
         if classifier:
             return part(x, attn_mask=mask > 0, from_hidden=True, first_block=head_cut)  # (B, labels)
         return model_loss(part, x, targets, mask, 0.0, from_hidden=True, first_block=head_cut)

@@ -14,6 +14,7 @@ import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 
 from runtime.io.telemetry import now, stamp, sync, tensor_bytes
+from runtime.split import inference
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
 from runtime.split.shapes.base import SplitShape, backward_and_update, register_shape
@@ -65,15 +66,13 @@ class Vanilla(SplitShape):
                 "bytes_up": tensor_bytes(send, targets, mask), "bytes_down": tensor_bytes(send),
                 "activation_bytes": tensor_bytes(send)}
 
-    def eval_forward(self, part: torch.nn.Module, rank: int, batch: dict[str, torch.Tensor], codec: CutCodec,
-                     cut: int, head_cut: int) -> torch.Tensor:
-        from runtime.split import inference  # imports the control room, which imports the schema (and it, us)
-
+    def eval_forward(self, part: torch.nn.Module, server: str, rank: int, batch: dict[str, torch.Tensor],
+                     codec: CutCodec, cut: int, head_cut: int) -> torch.Tensor:
         ids = batch["input_ids"].to(next(part.parameters()).device)
         send = codec.encode(part(ids))  # (B, T, C)
         if getattr(part, "is_classifier", False):  # the server's head: logits (B, labels)
-            return rpc.rpc_sync(inference.SERVER, inference.server_eval_output, args=(rank, send, batch["loss_mask"]))
-        return rpc.rpc_sync(inference.SERVER, inference.server_eval_loss,
+            return rpc.rpc_sync(server, inference.server_eval_output, args=(rank, send, batch["loss_mask"]))
+        return rpc.rpc_sync(server, inference.server_eval_loss,
                             args=(rank, send, batch["targets"], batch["loss_mask"]))
 
     def decode_stages(self, part: torch.nn.Module, remote: Any, cut: int, head_cut: int) -> list[Any]:
