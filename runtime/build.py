@@ -13,7 +13,7 @@ from torch import nn
 
 from models.encoder import ENCODER_TYPES, EncoderClassifier, EncoderConfig, encoder_config_from_hf
 from models.gpt2 import GPT2, GPT2Config, build_config
-from models.lora import LoRAConfig, apply_lora, load_lora_state_dict, lora_state_dict
+from models.lora import LoRAConfig, apply_lora, iter_lora_adapters, load_lora_state_dict, lora_state_dict
 from runtime.config import Config, ConfigError
 from runtime.data.vocab import VocabMap, load_vocab_map
 
@@ -132,13 +132,34 @@ def build_part(cfg: Config, role: str, cut: int | None = None) -> GPT2:
     else:
         model = GPT2(model_config(cfg), keep=keep.__contains__)
     if cfg.train.finetune != "full":
-        targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
-        apply_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
-                                     layers=cfg.lora.layer_list()))
+        apply_lora(model, lora_config(cfg))
     part = finish_part(model, pieces)
     for p in head_parameters(part, cfg):
         p.requires_grad_(True)  # model.train_head: apply_lora froze it with the base
     return part
+
+
+def lora_config(cfg: Config) -> LoRAConfig:
+    targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
+    return LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
+                      layers=cfg.lora.layer_list())
+
+
+def adapters_skeleton(cfg: Config, adapters: dict[str, torch.Tensor]) -> GPT2:
+    """The whole GPT-2 with LoRA on the ``meta`` device, holding only ``adapters`` (real tensors,
+    keyed as in the whole model: lora_A, lora_B and rank_mask; an adapter given no mask gets all
+    ones, as built). No base weight is materialised: enough to export the trained adapters of a
+    split run whose base is the unchanged ``--model.path``, without assembling the whole model."""
+    with torch.device("meta"):
+        model = apply_lora(GPT2(model_config(cfg)), lora_config(cfg))
+    missing, unexpected = model.load_state_dict(adapters, strict=False, assign=True)
+    lost = [k for k in missing if k.endswith((".lora_A", ".lora_B"))]
+    if unexpected or lost:
+        raise ValueError(f"the adapters do not fit the model: missing {lost[:5]}, unexpected {unexpected[:5]}")
+    for _, adapter in iter_lora_adapters(model):
+        if adapter.rank_mask.is_meta:
+            adapter.rank_mask = torch.ones(adapter.r, dtype=adapter.lora_A.dtype)
+    return model
 
 
 def head_parameters(model: nn.Module, cfg: Config) -> list[nn.Parameter]:

@@ -82,3 +82,31 @@ def test_flora_with_a_model_path_points_its_adapter_at_the_changed_base(pretrain
     base = json.loads((run.run_dir / "model/adapter_config.json").read_text())["base_model_name_or_path"]
     assert base == str((run.run_dir / "model").resolve()) != str(pretrained_base)
     _auto_peft_equals_ours(run.run_dir)
+
+
+def test_the_adapters_skeleton_exports_what_the_whole_model_exports(pretrained_base):
+    """A split run on an unchanged --model.path exports from the adapters alone (runtime/build.py
+    adapters_skeleton): the same lora.safetensors tensors and peft layout as the assembled whole
+    model, with every base weight left on the meta device."""
+    from models.lora import iter_lora_adapters, lora_state_dict
+    from runtime.build import adapters_skeleton, build_full_model
+    from runtime.config.parse import build_config
+    from runtime.io.artifacts import peft_layout
+
+    cfg = build_config([f"--model.path={pretrained_base}", "--method=splitlora", "--lora.targets=q,v,mlp_fc"])
+    whole = build_full_model(cfg)
+    with torch.no_grad():
+        for _, adapter in iter_lora_adapters(whole):
+            adapter.lora_B.normal_(0.0, 0.1)
+        next(a for _, a in iter_lora_adapters(whole)).rank_mask[1:] = 0  # a client's rank mask travels too
+    state = whole.state_dict()
+    # The client's part gives its adapters with their masks; the server's, A and B only (as fetched).
+    client = {k: v for k, v in state.items() if ".adapters." in k and ".h.0." in k}
+    server = {k: v for k, v in lora_state_dict(whole).items() if ".h.0." not in k}
+    skeleton = adapters_skeleton(cfg, {**client, **server})
+    ours, theirs = lora_state_dict(skeleton), lora_state_dict(whole)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    (a, a_cfg), (b, b_cfg) = peft_layout(skeleton, cfg), peft_layout(whole, cfg)
+    assert a_cfg == b_cfg and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    real = [n for n, p in skeleton.named_parameters() if not p.is_meta]
+    assert real and all(".adapters." in n for n in real)

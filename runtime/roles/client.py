@@ -21,7 +21,7 @@ import torch.distributed.rpc as rpc
 from models.lora import load_lora_state_dict
 from models.pieces import block_of
 from runtime.aggregate import client_weights
-from runtime.build import build_full_model, build_part, head_cut, set_threads
+from runtime.build import adapters_skeleton, build_full_model, build_part, head_cut, set_threads
 from runtime.config import Config
 from runtime.control import coordinator
 from runtime.control.dist import SERVER, World, abort, group_barrier, world_barrier
@@ -230,7 +230,7 @@ class ClientRun:
             val, eval_scores, inference = self.evaluate()
         memory_eval = peak_memory(world.device)  # after validation and scores, before an export's assembly
         if world.rank == self.live[0] and cfg.out.save_model:
-            save_model(self.run_dir, self.whole_model(), cfg, with_base=first.strategy.modifies_base)
+            save_model(self.run_dir, self.export_model(), cfg, with_base=first.strategy.modifies_base)
         comm = {k: sum(c.comm_total[k] for c in self.clients) for k in first.comm_total}
         weights = client_weights(self.plan.counts, cfg.fed.weighting)
         return {"host": socket.gethostname(), "samples": sum(c.data.n_samples for c in self.clients),
@@ -257,6 +257,19 @@ class ClientRun:
         val, scores = final_eval(cfg, model, batches, self.run_dir, device)
         return val, scores, {"bytes_up": model.meter["up"], "bytes_down": model.meter["down"],
                              "round_trips": model.meter["calls"]}
+
+    def export_model(self) -> torch.nn.Module:
+        """What ``model/`` is written from. SplitLoRA on an unchanged pretrained GPT-2 base: only the
+        two parties' adapters, in the whole model's skeleton on the meta device (the export holds
+        adapters only, so the whole model is never assembled); otherwise the whole model."""
+        cfg, first = self.cfg, self.first
+        adapters_only = (self.shape is not None and bool(cfg.model.path) and cfg.train.finetune == "lora"
+                         and not first.strategy.modifies_base and not getattr(first.module, "is_classifier", False))
+        if not adapters_only or self._whole is not None:
+            return self.whole_model()
+        adapters = {k: v.detach().cpu() for k, v in self.global_view().state_dict().items() if ".adapters." in k}
+        adapters.update(server_adapters(self.cut)[0])
+        return adapters_skeleton(cfg, adapters)
 
     def whole_model(self) -> torch.nn.Module:
         """The whole trained model (FedLoRA: this rank's; SplitLoRA: assembled, see ``assemble_whole_model``)."""
@@ -308,12 +321,20 @@ def assemble_whole_model(cfg: Config, client_module: torch.nn.Module, cut: int) 
     if unexpected:
         raise RuntimeError(f"client part does not fit the whole model: {unexpected[:5]}")
     if cfg.method == "splitlora":
-        server_state = rpc.rpc_sync(SERVER, split_server.server_lora_state)
-        # With per-client cuts the server also holds blocks below this client's cut: this
-        # client's model uses its own copies there (as in its training).
-        server_state = {k: v for k, v in server_state.items() if (block_of(k) or 0) >= cut or k.startswith("head.")}
-        head = {k.removeprefix("head."): v for k, v in server_state.items() if k.startswith("head.")}
+        lora, head = server_adapters(cut)
         if head:  # a head the server trained (model.train_head)
             whole.head.load_state_dict(head)
-        load_lora_state_dict(whole, server_state, strict=False)
+        load_lora_state_dict(whole, lora, strict=False)
     return whole
+
+
+def server_adapters(cut: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The server part's adapters this client's model uses, and its trained head (or {}), fetched.
+
+    With per-client cuts the server also holds blocks below this client's cut: this client's
+    model uses its own copies there (as in its training).
+    """
+    state = rpc.rpc_sync(SERVER, split_server.server_lora_state)
+    state = {k: v for k, v in state.items() if (block_of(k) or 0) >= cut or k.startswith("head.")}
+    head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    return {k: v for k, v in state.items() if not k.startswith("head.")}, head
