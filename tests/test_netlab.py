@@ -105,7 +105,9 @@ def test_a_five_second_link_flap_is_survived_with_nothing_lost(tmp_path):
     steps = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     mine = [r for r in steps if r.get("kind") == "step" and r["client"] == 2]
     assert [r["step"] for r in mine] == list(range(1, 301))  # every step, once
-    assert max(r["step_time"] for r in mine) >= 4.0  # one step waited out the outage (TCP retransmits)
+    # A step (or, if the outage fell there, an aggregation) waited it out (TCP retransmits).
+    waited = [r["step_time"] for r in mine] + [r["time"] for r in steps if r.get("kind") == "aggregate"]
+    assert max(waited) >= 4.0
     assert not _leftovers(proc.stderr)
 
 
