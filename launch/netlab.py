@@ -134,7 +134,7 @@ def run(lab: Lab, train_args: list[str], logs: Path, timeout: float, port: int =
                                        env=env, start_new_session=True), out))
     start = time.monotonic()
     deadline = start + timeout
-    survivable = any(a.replace(" ", "=") == "--fed.on_client_failure=continue" for a in train_args) or any(
+    survivable = "--fed.on_client_failure=continue" in train_args or any(
         a == "--fed.on_client_failure" and b == "continue" for a, b in zip(train_args, train_args[1:]))
     codes: list[int | None] = [None] * len(procs)
     link_up_at: tuple[int, float] | None = None

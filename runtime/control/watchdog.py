@@ -43,18 +43,21 @@ class Watchdog(threading.Thread):
 
     def others_reachable(self, peer: str) -> bool | None:
         """Whether any watched peer but ``peer`` answers a ping now; None when there is no other.
-        Every peer lost at once points at this node's own network rather than at ``peer``."""
+        Every peer lost at once points at this node's own network rather than at ``peer``. The
+        pings go out together, so this takes one ping timeout (at most 5 s) however many peers."""
         with self._lock:
             others = [p for p in self.peers if p != peer]
         if not others:
             return None
-        for other in others:
+        futures = [rpc.rpc_async(other, ping, timeout=min(self.timeout, 5.0)) for other in others]
+        answered = False
+        for fut in futures:
             try:
-                rpc.rpc_sync(other, ping, timeout=min(self.timeout, 5.0))
-                return True
+                fut.wait()
+                answered = True
             except Exception:  # noqa: BLE001 - unreachable too
                 continue
-        return False
+        return answered
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -252,8 +252,9 @@ class ClientRun:
         batches = self.first.data.eval_batches()
         if self.shape is None or cfg.eval.whole_model or not self.shape.split_inference:
             return (*final_eval(cfg, self.whole_model().to(device), batches, self.run_dir, device), None)
-        model = SplitModel(self.shape, self.global_view(), SERVER, self.world.rank, self.codec, self.cut,
-                           head_cut(cfg, self.global_view().config.n_layer))
+        part = self.global_view()  # catches the first client up once
+        model = SplitModel(self.shape, part, SERVER, self.world.rank, self.codec, self.cut,
+                           head_cut(cfg, part.config.n_layer))
         val, scores = final_eval(cfg, model, batches, self.run_dir, device)
         return val, scores, {"bytes_up": model.meter["up"], "bytes_down": model.meter["down"],
                              "round_trips": model.meter["calls"]}

@@ -79,10 +79,10 @@ class ServerDecoding:
             yield self.server.part
 
     def open(self, client: int, session: int, max_rows: int, capacity: int, k: int, penalty: float) -> None:
-        with self.serving() as part:
-            stage = PartStage(part, first_block=self.server.cuts.get(client, 0))
-            selection = Selection(k=k, repetition_penalty=penalty)
-            stage.open(max_rows, capacity, True, selection)
+        stage = PartStage(self.server.part, first_block=self.server.cuts.get(client, 0))
+        selection = Selection(k=k, repetition_penalty=penalty)
+        stage.open(max_rows, capacity, True, selection)  # the cache's buffers are made on first use
+        with self.lock:
             self.sessions[(client, session)] = (stage, selection)
 
     def forward(self, client: int, session: int, h: Tensor, rows: Tensor | None, pad: Tensor | None,
