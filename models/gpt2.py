@@ -149,11 +149,15 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        if kv_cache is not None:
-            k, v = kv_cache.update(name, k, v)  # (B, nh, T_past + T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_pdrop if self.training else 0.0, is_causal=is_causal
-        )  # (B, nh, T, hs)
+        dropout_p = self.attn_pdrop if self.training else 0.0
+        attend = getattr(kv_cache, "attend", None)
+        if attend is not None:  # several decoding sessions' caches (models/decode_batch.py)
+            y = attend(name, q, k, v, dropout_p)  # (B, nh, T, hs)
+        else:
+            if kv_cache is not None:
+                k, v = kv_cache.update(name, k, v)  # (B, nh, T_past + T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=is_causal)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

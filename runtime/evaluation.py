@@ -31,6 +31,7 @@ from runtime.data.e2e import MRGroup, group_by_mr
 from runtime.data.locate import load_splits
 from runtime.data.tokenizer import EOS_ID, load_bpe
 from runtime.data.vocab import VocabMap, load_vocab_map
+from runtime.decode_share import DecodeShare
 from runtime.io.artifacts import load_model_tensors, write_json
 
 REFS_STYLES = ("raw", "tokenized")
@@ -66,11 +67,13 @@ def mr_groups(cfg: Config, split: str, data_dir: str | None = None) -> tuple[lis
 
 def decode_groups(model: Decodable, groups: list[MRGroup], decode: DecodeConfig, *, batch_size: int,
                   device: torch.device, model_dir: str | None = None, show_progress: bool = True,
-                  vocab: VocabMap | None = None) -> list[str]:
+                  vocab: VocabMap | None = None, share: tuple[int, int] | None = None) -> list[str | None]:
     """One hypothesis per MR group, in group order; prompts = BPE(context) + [50256].
 
     A compact-vocabulary model (``vocab``, else ``vocab_map.json`` in ``model_dir``) gets its
     prompts and stop ids through the map and its outputs mapped back before detokenising.
+    ``share`` (k, n): decode only every n-th MR, from the k-th, of the length-sorted order (so
+    every share gets long and short prompts alike); the others' hypotheses are None.
     """
     tok = load_bpe(model_dir)
     vocab = vocab if vocab is not None else load_vocab_map(model_dir)
@@ -80,7 +83,9 @@ def decode_groups(model: Decodable, groups: list[MRGroup], decode: DecodeConfig,
         decode = replace(decode, stop_tokens=tuple(vocab.to_model(decode.stop_tokens)))
     # Decode similar lengths together: less left padding, same results (tested in models).
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    hyps: list[str] = [""] * len(prompts)
+    if share is not None:
+        order = order[share[0]::share[1]]
+    hyps: list[str | None] = [None if share else ""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="decode", unit="MR", file=sys.stderr, disable=not show_progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -126,12 +131,14 @@ def evaluate_model(model: Decodable | None, cfg: Config, out_dir: Path, *, split
                    refs_style: str = "raw", decode: DecodeConfig | None = None, batch_size: int = 16,
                    max_mrs: int = 0, data_dir: str | None = None, meteor: bool = True,
                    device: torch.device | None = None, show_progress: bool = True,
-                   predictions: list[str] | None = None) -> dict[str, Any]:
+                   predictions: list[str] | None = None, share: DecodeShare | None = None) -> dict[str, Any] | None:
     """Decode, write predictions/references/scores into ``out_dir``, return the scores record.
 
     ``predictions`` (one text per MR group, in group order; e.g. an earlier run's
     ``predictions.txt``) are scored as they are, without decoding: the other reference
-    style costs no second beam search.
+    style costs no second beam search. ``share``: this process decodes its share of the MRs
+    and the shares are gathered; only the share that scores (``share.scores``) writes and
+    returns the record, the others return None.
     """
     if refs_style not in REFS_STYLES:
         raise ValueError(f"refs_style must be one of {REFS_STYLES}, got {refs_style!r}")
@@ -151,8 +158,13 @@ def evaluate_model(model: Decodable | None, cfg: Config, out_dir: Path, *, split
         if isinstance(model, torch.nn.Module):  # a whole model (a chain of parts decodes as it is)
             model = model.to(device)
             merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
-        hyps = decode_groups(model, groups, decode, batch_size=batch_size, device=device,
-                             model_dir=cfg.model.path, show_progress=show_progress, vocab=run_vocab(cfg))
+        mine = decode_groups(model, groups, decode, batch_size=batch_size, device=device, model_dir=cfg.model.path,
+                             show_progress=show_progress, vocab=run_vocab(cfg),
+                             share=None if share is None else (share.index, share.count))
+        gathered = mine if share is None else share.gather(mine)
+        if gathered is None:
+            return None
+        hyps = [str(h) for h in gathered]
     decode_s = time.perf_counter() - t0
     refs = [list(g.refs) if refs_style == "raw" else [r.strip() for r in g.tok_refs] for g in groups]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +177,7 @@ def evaluate_model(model: Decodable | None, cfg: Config, out_dir: Path, *, split
     record = {"scores": scores, "slots": slots, "refs_style": refs_style, "split": split, "n_mrs": len(groups),
               "n_refs": sum(len(r) for r in refs), "data_source": source, "decode": asdict(decode),
               "decode_s": decode_s, "score_s": time.perf_counter() - t1, "method": cfg.method,
-              "rescored": predictions is not None,
+              "rescored": predictions is not None, "decode_shares": 1 if share is None else share.count,
               "model": cfg.model.name}
     if source != "e2e":
         record["warning"] = "scored on SYNTHETIC data: not comparable with any published E2E number"

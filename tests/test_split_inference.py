@@ -40,6 +40,7 @@ SETTINGS = [
 ]
 GREEDY = [dict(no_repeat_ngram_size=2), dict(repetition_penalty=1.3, repeat_scope="sequence")]
 CUTS = {"vanilla": {1: 1, 2: 2}, "u": {1: 1, 2: 1}}
+BATCHED_CUTS = {1: 1, 2: 1}  # batched serving needs one cut for every client
 
 
 def _whole() -> GPT2:
@@ -57,23 +58,30 @@ def _parts(shape: str, cut: int) -> tuple[GPT2, GPT2]:
     return split_model(_whole(), cut) if shape == "vanilla" else split_model_u(_whole(), cut, 3)
 
 
-def _serve(shape: str) -> None:
+def _cuts(shape: str, batched: bool) -> dict[int, int]:
+    return BATCHED_CUTS if batched else CUTS[shape]
+
+
+def _serve(shape: str, batched: bool) -> None:
     from runtime.split import server as split_server
 
-    _, part = _parts(shape, min(CUTS[shape].values()))
+    cuts = _cuts(shape, batched)
+    _, part = _parts(shape, min(cuts.values()))
     params = [p for p in part.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    # Batched: a batch of steps closes when both sessions wait (or after 0.2 s).
+    batching = split_server.Batching(window_s=0.2) if batched else None
     split_server.install(split_server.SplitServer(part, opt, sched, device=torch.device("cpu"), clients=[1, 2],
                                                   order="arrival", label_smoothing=0.0, timeout=60,
-                                                  cuts=CUTS[shape]))
+                                                  cuts=cuts, batching=batching))
 
 
-def _client(shape: str, rank: int) -> dict:
+def _client(shape: str, rank: int, batched: bool) -> dict:
     from runtime.split.inference import SplitModel
     from runtime.split.shapes import get_shape
 
-    cut = CUTS[shape][rank]
+    cut = _cuts(shape, batched)[rank]
     part, _ = _parts(shape, cut)
     whole = _whole()
     model = SplitModel(get_shape(shape), part, "server", rank, CutCodec(), cut, 3)
@@ -93,35 +101,45 @@ def _client(shape: str, rank: int) -> dict:
     return out
 
 
-def _worker(rank: int, shape: str, port: int, record: str, results) -> None:
+def _worker(rank: int, shape: str, batched: bool, port: int, record: str, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{RECORD_ENV: record})
     torch.set_num_threads(1)
     name = "server" if rank == 0 else f"client{rank}"
     if rank == 0:
-        _serve(shape)
+        _serve(shape, batched)
     rpc.init_rpc(name, rank=rank, world_size=3,
                  rpc_backend_options=rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://127.0.0.1:{port}",
                                                                      _transports=["uv"]))
     try:
         if rank > 0:
-            results[rank] = _client(shape, rank)
+            results[rank] = _client(shape, rank, batched)
     finally:
         rpc.shutdown()
+    if rank == 0 and batched:
+        from runtime.split import server as split_server
+
+        results[0] = list(split_server.current().decoding.batcher.sizes)
 
 
-@pytest.mark.parametrize("shape", ["vanilla", "u"])
-def test_split_inference_equals_the_whole_model(tmp_path, shape):
+@pytest.mark.parametrize("shape,batched", [("vanilla", False), ("u", False), ("vanilla", True)])
+def test_split_inference_equals_the_whole_model(tmp_path, shape, batched):
+    """Batched (split.server_batching): the two clients' decoding steps share server forwards;
+    the linear layers then see more rows, so the scores may differ in the last bits, but the
+    tokens are the whole model's."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     record = tmp_path / "server.jsonl"
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(shape, port, str(record), results), nprocs=3, join=True)
+    mp.spawn(_worker, args=(shape, batched, port, str(record), results), nprocs=3, join=True)
     for rank in (1, 2):
         r = results[rank]
         assert r["beam"] == [True] * len(SETTINGS) and r["greedy"] == [True] * len(GREEDY), (rank, r)
         assert r["loss"] <= 1e-6, r["loss"]
         assert r["meter"]["calls"] > 0 and r["meter"]["up"] > 0 and r["meter"]["down"] > 0
+    if batched:  # steps of both clients ran together; every step ran in some batch
+        sizes = results[0]
+        assert max(sizes) == 2 and set(sizes) <= {1, 2}, sizes
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     decode = [c for c in calls if c["call"] == "server_decode"]
     assert decode and {c["call"] for c in calls} == {"server_decode", "server_eval_loss" if shape == "vanilla"

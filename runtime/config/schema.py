@@ -310,6 +310,10 @@ class EvalConfig:
     # splitlora: the first client assembles the whole model (its part + the server's adapters) for the
     # validation loss and the scores; default: both run through the split, each party on its own part
     whole_model: bool = False
+    # splitlora, eval.at_end: every live client rank decodes a share of the MRs through the split at once
+    # (the server batches their steps under split.server_batching) and the first scores; false: the first
+    # client decodes them all
+    share_decoding: bool = True
 
     def __post_init__(self) -> None:
         _check(self.split in ("train", "valid", "test"), f"eval.split must be train|valid|test, got {self.split!r}")

@@ -26,6 +26,7 @@ from runtime.config import Config
 from runtime.control import coordinator
 from runtime.control.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.control.watchdog import Watchdog
+from runtime.decode_share import ShareOverGroup
 from runtime.fed.hosted import HostedClient, share_frozen_copy
 from runtime.fed.local_round import LocalRound
 from runtime.fed.population import Population, round_weights
@@ -33,7 +34,7 @@ from runtime.inputs import ClientData, RunPlan
 from runtime.io.artifacts import save_model
 from runtime.io.checkpoint import CheckpointError, load_rank, save_rank, set_rng_state
 from runtime.io.telemetry import now, peak_memory
-from runtime.roles.common import LOG_FLUSH, final_eval, maybe_inject_fault, test_due, test_record
+from runtime.roles.common import LOG_FLUSH, evaluate_at_end, final_eval, maybe_inject_fault, test_due, test_record
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
 from runtime.split.inference import SplitModel
@@ -228,6 +229,8 @@ class ClientRun:
             self.live[:] = rpc.rpc_sync(SERVER, coordinator.coord_live_clients)
         if world.rank == self.live[0]:
             val, eval_scores, inference = self.evaluate()
+        elif self.decode_share() is not None:
+            inference = self.evaluate()[2]  # this rank's share of the decoding
         memory_eval = peak_memory(world.device)  # after validation and scores, before an export's assembly
         if world.rank == self.live[0] and cfg.out.save_model:
             save_model(self.run_dir, self.export_model(), cfg, with_base=first.strategy.modifies_base)
@@ -249,15 +252,33 @@ class ClientRun:
         part here, the server's there) unless ``eval.whole_model``; FedLoRA on the whole model it holds.
         Returns (loss, scores, the split inference's bytes and round trips or None)."""
         cfg, device = self.cfg, self.world.device
-        batches = self.first.data.eval_batches()
-        if self.shape is None or cfg.eval.whole_model or not self.shape.split_inference:
+        if not self.split_inference:
+            batches = self.first.data.eval_batches()
             return (*final_eval(cfg, self.whole_model().to(device), batches, self.run_dir, device), None)
         part = self.global_view()  # catches the first client up once
         model = SplitModel(self.shape, part, SERVER, self.world.rank, self.codec, self.cut,
                            head_cut(cfg, part.config.n_layer))
-        val, scores = final_eval(cfg, model, batches, self.run_dir, device)
+        share = self.decode_share()
+        if share is not None and not share.scores:
+            evaluate_at_end(cfg, model, self.run_dir, device, share)
+            val, scores = None, None
+        else:
+            val, scores = final_eval(cfg, model, self.first.data.eval_batches(), self.run_dir, device, share)
         return val, scores, {"bytes_up": model.meter["up"], "bytes_down": model.meter["down"],
-                             "round_trips": model.meter["calls"]}
+                             "round_trips": model.meter["calls"], "decode_shares": 1 if share is None else share.count}
+
+    @property
+    def split_inference(self) -> bool:
+        """Evaluation runs through the split (SplitLoRA, unless ``eval.whole_model``)."""
+        return self.shape is not None and not self.cfg.eval.whole_model and self.shape.split_inference
+
+    def decode_share(self) -> ShareOverGroup | None:
+        """This rank's share of ``--eval.at_end``'s decoding (``eval.share_decoding``), when every
+        client rank is live (the client group is whole) and decodes through the split; else None."""
+        cfg, live = self.cfg, self.live
+        shared = (cfg.eval.at_end and cfg.eval.share_decoding and self.split_inference and len(live) > 1
+                  and len(live) == self.world.n_clients and not getattr(self.first.module, "is_classifier", False))
+        return ShareOverGroup(live.index(self.world.rank), len(live), self.group) if shared else None
 
     def export_model(self) -> torch.nn.Module:
         """What ``model/`` is written from. SplitLoRA on an unchanged pretrained GPT-2 base: only the

@@ -18,6 +18,7 @@ from runtime.build import (
     model_config,
 )
 from runtime.config import Config
+from runtime.decode_share import DecodeShare
 from runtime.inputs import RunPlan
 from runtime.io.telemetry import now, summarize
 from runtime.split.inference import SplitModel
@@ -66,10 +67,12 @@ def _mean_loss(batch_loss: Callable[[dict[str, torch.Tensor]], float], batches: 
 
 
 def final_eval(cfg: Config, model: torch.nn.Module | SplitModel, batches: list[dict[str, torch.Tensor]],
-               run_dir: Path, device: torch.device) -> tuple[float | None, dict | None]:
+               run_dir: Path, device: torch.device,
+               share: DecodeShare | None = None) -> tuple[float | None, dict | None]:
     """The trained model's validation loss and scores: a classifier's test loss, accuracy and
     macro-F1 (always); a language model's masked NLL and, with ``--eval.at_end``, its E2E scores.
-    ``model``: the whole model, or a client's ``SplitModel`` (each party runs its own part)."""
+    ``model``: the whole model, or a client's ``SplitModel`` (each party runs its own part).
+    ``share``: the decoding is shared with other client ranks (``ShareOverGroup``)."""
     if getattr(model, "is_classifier", False):
         from runtime.classify_eval import classify_scores, write_scores
 
@@ -77,14 +80,16 @@ def final_eval(cfg: Config, model: torch.nn.Module | SplitModel, batches: list[d
         if scores is not None:
             write_scores(run_dir, scores, cfg.out.tensorboard)
         return (scores or {}).get("loss"), scores
-    return eval_loss(model, batches, device), evaluate_at_end(cfg, model, run_dir, device)
+    scores = evaluate_at_end(cfg, model, run_dir, device, share)  # first: the other shares decode meanwhile
+    return eval_loss(model, batches, device), scores
 
 
 def evaluate_at_end(cfg: Config, model: torch.nn.Module | SplitModel, run_dir: Path,
-                    device: torch.device) -> dict | None:
+                    device: torch.device, share: DecodeShare | None = None) -> dict | None:
     """``--eval.at_end``: decode and score the trained model into the run directory;
-    ``--eval.samples N``: print N greedy texts of validation MRs."""
-    if cfg.eval.samples:
+    ``--eval.samples N``: print N greedy texts of validation MRs. ``share``: decode this rank's
+    share of the MRs; only share 0 prints samples, scores and returns the scores."""
+    if cfg.eval.samples and (share is None or share.scores):
         from runtime.evaluation import sample_texts
 
         samples = sample_texts(model.decodable() if isinstance(model, SplitModel) else model, cfg,
@@ -105,7 +110,9 @@ def evaluate_at_end(cfg: Config, model: torch.nn.Module | SplitModel, run_dir: P
                           repeat_scope=e.repeat_scope)
     record = evaluate_model(decodable(model), cfg, run_dir, split=e.split, refs_style=e.refs_style,
                             decode=decode, batch_size=e.batch_size, max_mrs=e.max_mrs, meteor=e.meteor,
-                            device=device)
+                            device=device, share=share, show_progress=share is None or share.scores)
+    if record is None:  # another rank scores
+        return None
     print(f"splitlora: eval: {format_scores(record)}", file=sys.stderr, flush=True)
     from runtime.io.tensorboard import open_mirror
 

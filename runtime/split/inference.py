@@ -26,8 +26,9 @@ model with its adapters unmerged, bit for bit (tests/test_split_inference.py). A
 unmerged: merging would need a second copy of a part's weights.
 
 The server serves one inference call at a time (a lock), so several clients' sessions
-interleave step by step; it serves them once training is over (a client evaluates after its
-last aggregation, when the server has applied every update).
+interleave step by step; with ``split.server_batching`` their concurrent steps run as one
+forward instead (``runtime/split/decode_batching.py``). It serves them once training is over
+(a client evaluates after its last aggregation, when the server has applied every update).
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ import torch
 import torch.distributed.rpc as rpc
 from torch import Tensor, nn
 
+from models.decode_batch import JointStep
 from models.decode_chain import PartStage, Stage, StepInput, padding_mask
 from models.decode_ops import Penalties, Selection
 from models.loss import model_loss
 from runtime.io.telemetry import tensor_bytes
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec, decode, reply_like
+from runtime.split.decode_batching import DecodeBatcher, StepRequest
 
 # -- the server's half ---------------------------------------------------------------------
 
@@ -72,6 +75,10 @@ class ServerDecoding:
         self.server = server
         self.sessions: dict[tuple[int, int], tuple[PartStage, Selection]] = {}
         self.lock = threading.Lock()
+        self.opened = 0
+        batching = getattr(server, "batching", None)  # split.server_batching: steps of sessions run together
+        self.batcher = None if batching is None else DecodeBatcher(self._run_steps, lambda: len(self.sessions),
+                                                                 batching.window_s)
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[nn.Module]:
@@ -84,26 +91,70 @@ class ServerDecoding:
         stage.open(max_rows, capacity, True, selection)  # the cache's buffers are made on first use
         with self.lock:
             self.sessions[(client, session)] = (stage, selection)
+            self.opened += 1
 
     def forward(self, client: int, session: int, h: Tensor, rows: Tensor | None, pad: Tensor | None,
-                pen: Penalties | None) -> Tensor | tuple[Tensor, Tensor]:
+                pen: Penalties | None) -> Any:
+        """One forward of a session: its prompt, or one new position per row (batched with other
+        sessions' steps under ``split.server_batching``)."""
+        if self.batcher is not None and h.shape[1] == 1:
+            return self.batcher.submit((client, session, h, rows, pad, pen))
         with self.serving():
             stage, selection = self.sessions[(client, session)]
-            device = self.server.device
-            x = decode(h, device)  # (R, T, C)
-            rows = None if rows is None else rows.to(device)
-            length = stage.cache.length + x.shape[1]
-            pad = None if pad is None else pad.to(device)
-            mask = None if pad is None else padding_mask(pad, length)  # (R, L): the client's mask
-            out = stage(StepInput(x, None, mask, pad, rows))
-            if pen is None:  # hidden states (U shape's middle)
-                return reply_like(out, h)
-            score, tok = selection(out[:, -1].float(), Penalties(*(t.to(device) for t in pen)))
-            return (tok.to(torch.int32).cpu(), None) if score is None else (score.cpu(), tok.to(torch.int32).cpu())
+            inp = self._input(stage, h, rows, pad)
+            return self._reply(selection, stage(inp), h, pen)
+
+    def _input(self, stage: PartStage, h: Tensor, rows: Tensor | None, pad: Tensor | None) -> StepInput:
+        device = self.server.device
+        x = decode(h, device)  # (R, T, C)
+        length = stage.cache.length + x.shape[1]
+        pad = None if pad is None else pad.to(device)
+        mask = None if pad is None else padding_mask(pad, length)  # (R, L): the client's mask
+        return StepInput(x, None, mask, pad, None if rows is None else rows.to(device))
+
+    def _reply(self, selection: Selection, out: Tensor, h: Tensor, pen: Penalties | None) -> Any:
+        """What goes back: hidden states (U shape's middle) in the cut's dtype, or the vanilla head's
+        candidates: (log-probs (R, k), tokens (R, k) int32), or (tokens (R,), None) greedy."""
+        if pen is None:
+            return reply_like(out, h)
+        score, tok = selection(out[:, -1].float(), Penalties(*(t.to(self.server.device) for t in pen)))
+        return (tok.to(torch.int32).cpu(), None) if score is None else (score.cpu(), tok.to(torch.int32).cpu())
+
+    def _run_steps(self, requests: list[StepRequest]) -> None:
+        """One joint forward over the sessions' steps (``models/decode_batch.py``), one per first block."""
+        with self.serving() as part:
+            groups: dict[int, list[tuple[StepRequest, PartStage, Selection, StepInput]]] = {}
+            for r in requests:
+                client, session, h, rows, pad, _ = r.args
+                try:
+                    stage, selection = self.sessions[(client, session)]
+                    inp = self._input(stage, h, rows, pad)
+                    if inp.rows is not None:
+                        stage.cache.reorder(inp.rows)
+                except Exception as exc:  # this session's step only (e.g. closed meanwhile)
+                    r.error = exc
+                    continue
+                groups.setdefault(int(stage.kwargs.get("first_block", 0)), []).append((r, stage, selection, inp))
+            for first_block, group in groups.items():
+                joint = JointStep([g[1].cache for g in group], [len(g[3].x) for g in group], [g[3].mask for g in group])
+                out = part(torch.cat([g[3].x for g in group]), kv_cache=joint, first_block=first_block)
+                joint.finish()
+                for (r, _, selection, _inp), o in zip(group, out.split([len(g[3].x) for g in group])):
+                    r.result = self._reply(selection, o, r.args[2], r.args[5])
+
+    def stats(self) -> dict[str, Any]:
+        """Sessions served; with batching, the decoding steps and the batches they ran in."""
+        out: dict[str, Any] = {"sessions": self.opened}
+        if self.batcher is not None:
+            sizes = self.batcher.sizes
+            out.update(steps=sum(sizes), batches=len(sizes), largest_batch=max(sizes, default=0))
+        return out
 
     def close(self, client: int, session: int) -> None:
         with self.lock:
             self.sessions.pop((client, session), None)
+        if self.batcher is not None:
+            self.batcher.poke()
 
     def eval_loss(self, client: int, h: Tensor, targets: Tensor, loss_mask: Tensor) -> Tensor:
         with self.serving() as part:

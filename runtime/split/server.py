@@ -79,6 +79,7 @@ class SplitServer:
         self.part = part
         self.device = device
         self.decoding: Any = None  # split inference's sessions (runtime/split/inference.py), made on first use
+        self.batching = batching  # also batches split inference's decoding steps
         self.opt = optimizer
         self.sched = scheduler
         # Per-client cuts: the part holds blocks from the lowest cut on; client k's forward
