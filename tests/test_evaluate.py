@@ -93,6 +93,11 @@ def test_rescoring_refuses_a_predictions_file_of_another_length(run_dir, tmp_pat
     assert "2 predictions for 5 MRs" in capsys.readouterr().err
 
 
+def test_only_a_splitlora_run_decodes_through_the_split(run_dir, capsys):
+    assert evaluate_main(["--run", str(run_dir), "--through", "split"]) == 2
+    assert "--through split needs a SplitLoRA run" in capsys.readouterr().err
+
+
 def test_evaluate_rejects_a_non_run_directory(tmp_path, capsys):
     assert evaluate_main(["--run", str(tmp_path)]) == 2
     assert "config.json not found" in capsys.readouterr().err

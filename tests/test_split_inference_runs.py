@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from launch.evaluate import main as evaluate_main
 from tests.torchrun_util import torchrun
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ ARGS = ["--method=splitlora", "--split.cut=1", "--train.max_steps=4", "--runtime
 
 
 def test_evaluation_through_the_split_equals_the_whole_model_and_needs_no_whole_model(tmp_path):
-    split = torchrun(3, ARGS, tmp_path, "split")
+    split = torchrun(3, [*ARGS, "--out.save_model=true"], tmp_path, "split")
     whole = torchrun(3, [*ARGS, "--eval.whole_model=true"], tmp_path, "whole")
     assert split.rc == 0 and whole.rc == 0, (split.stderr[-3000:], whole.stderr[-3000:])
     a, b = split.summary(), whole.summary()
@@ -48,3 +49,12 @@ def test_evaluation_through_the_split_equals_the_whole_model_and_needs_no_whole_
             (("split", first_a), ("whole", first_b))}
     whole_mib = 2 * first_a["memory"]["part_mib"]  # the client part holds wte, most of this model
     assert jump["split"] < jump["whole"] and jump["whole"] >= whole_mib, (jump, whole_mib)
+
+    # launch.evaluate on the finished run: through the split by default (a server rank and a client rank,
+    # each loading only its part of model/), the same texts as --eval.at_end's; --through whole works too.
+    out = tmp_path / "evaluated"
+    assert evaluate_main(["--run", str(split.run_dir), "--no-meteor", "--out", str(out)]) == 0
+    assert (out / "predictions.txt").read_text().splitlines() == texts["split"]
+    assert evaluate_main(["--run", str(split.run_dir), "--no-meteor", "--through", "whole",
+                          "--out", str(tmp_path / "whole-eval")]) == 0
+    assert len((tmp_path / "whole-eval" / "predictions.txt").read_text().splitlines()) == 5
