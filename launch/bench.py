@@ -4,6 +4,7 @@
     python -m launch.bench --scaling 1,2,4 --cut-dtypes fp32,bf16 --net.profile lan wifi 4g
     python -m launch.bench --config bench.yaml --out DIR          # keys as the long options
     python -m launch.bench --model gpt2 --clients 1 --steps 8 --batch 4 --seq-len 128
+    python -m launch.bench --decode-mrs 16                        # and decoding after training
 
 Every method runs as a real torchrun job of ``launch.train`` on synthetic data padded to
 ``--seq-len`` (so every step moves exactly B·T·d activations across the cut), for
@@ -15,7 +16,9 @@ Writes ``DIR/report.json``, ``DIR/report.md`` and PNG plots; the runs stay in
 ``DIR/runs/<method>-n<clients>[-<dtype>]`` (``--runs-dir`` puts them elsewhere;
 ``--reuse`` re-reads finished ones instead of running them again). Link profiles
 (``--net.profile``) add *simulated* transfer time beside the measured time; see
-``launch/netsim.py`` for the model.
+``launch/netsim.py`` for the model. ``--decode-mrs N``: every run then decodes N validation
+MRs (``--eval.at_end``), and the report adds tokens/s and, through the split, bytes and round
+trips per generated token, with the link profiles' simulated time per token.
 """
 
 from __future__ import annotations
@@ -103,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--client-threads", type=int, default=1, help="torch threads per client")
     ap.add_argument("--threads", type=int, default=None, help="set both thread counts (the old option)")
     ap.add_argument("--eval-examples", type=int, default=32, help="validation examples for the final val loss")
+    ap.add_argument("--decode-mrs", type=int, default=0,
+                    help="after training, every run decodes this many validation MRs (beam search; SplitLoRA "
+                         "through the split) for the report's decoding table; 0 = no decoding")
+    ap.add_argument("--decode-beams", type=int, default=4)
+    ap.add_argument("--decode-tokens", type=int, default=32, help="new tokens per MR at most")
     ap.add_argument("--net.profile", dest="net_profile", nargs="+", default=["lan", "wifi", "4g"],
                     help="link profiles: lan wifi 4g custom:<Mbps>:<rtt_ms> (space or comma separated)")
     ap.add_argument("--net.allreduce", dest="net_allreduce", default="ring", choices=("ring", "star"),
@@ -191,6 +199,10 @@ def train_args(a: argparse.Namespace, spec: RunSpec) -> list[str]:
               "--out.save_model=false", f"--fed.aggregate_every={a.aggregate_every}", f"--split.cut={a.cut}"]
     if a.lr is not None:
         common.append(f"--train.lr={a.lr}")
+    if a.decode_mrs:  # tokens/s and bytes per token of decoding, in the report
+        common += ["--eval.at_end=true", "--eval.split=valid", f"--eval.max_mrs={a.decode_mrs}",
+                   f"--eval.num_beams={a.decode_beams}", f"--eval.max_new_tokens={a.decode_tokens}",
+                   "--eval.meteor=false"]
     batch = a.batch * spec.n_clients if spec.method == "cenlora" else a.batch
     return [*common, f"--train.batch_size={batch}", f"--split.cut_dtype={spec.cut_dtype}",
             *([f"--split.shape={spec.shape}"] if spec.method == "splitlora" else []), *a.extra]
@@ -211,6 +223,7 @@ def settings_of(a: argparse.Namespace, run_dirs: list[Path], argv: list[str]) ->
         "batch_per_client": a.batch, "seq_len": a.seq_len, "cut": a.cut, "steps": a.steps, "warmup": a.warmup,
         "aggregate_every": a.aggregate_every, "lr": d["train"]["lr"], "order": a.order, "seed": d["train"]["seed"],
         "data": "synthetic, every batch padded to seq_len", "eval_examples": a.eval_examples,
+        "decode": {"mrs": a.decode_mrs, "beams": a.decode_beams, "max_new_tokens": a.decode_tokens},
         "threads": {"server_threads": a.server_threads, "client_threads": a.client_threads,
                     "server_resolved": a.server_threads or cores, "client_resolved": max(1, a.client_threads),
                     "note": "--runtime.server_threads / --runtime.client_threads; 0 = every core on rank 0 "

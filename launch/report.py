@@ -129,6 +129,24 @@ def _coverage(method: str, summary: dict[str, Any], steps: list[dict[str, Any]],
     return out
 
 
+def _decoding(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """``--eval.at_end``'s decoding (launch.bench ``--decode-mrs``): tokens/s and, through the split,
+    bytes and round trips per generated token (the clients' ``split_inference``, every share)."""
+    path = run_dir / "scores.json"
+    rec = json.loads(path.read_text()) if path.exists() else {}
+    tokens = rec.get("generated_tokens")
+    if not tokens:
+        return None
+    split = [c["split_inference"] for c in summary.get("clients", {}).values() if c.get("split_inference")]
+    out = {"through": "split" if split else "whole model", "mrs": rec["n_mrs"], "beams": rec["decode"]["num_beams"],
+           "max_new_tokens": rec["decode"]["max_new_tokens"], "tokens": tokens, "decode_s": rec["decode_s"],
+           "tokens_per_s": tokens / rec["decode_s"], "shares": rec.get("decode_shares", 1)}
+    if split:
+        out.update({f"{k}_per_token": sum(s[k] for s in split) / tokens for k in ("bytes_up", "bytes_down",
+                                                                                   "round_trips")})
+    return out
+
+
 def analyze_run(run_dir: Path, spec: RunSpec, warmup: int) -> dict[str, Any]:
     """Reduce one run directory to its report figures (times in ms, bytes as recorded)."""
     recs = read_jsonl(run_dir / "metrics.jsonl")
@@ -173,6 +191,7 @@ def analyze_run(run_dir: Path, spec: RunSpec, warmup: int) -> dict[str, Any]:
         "loss": {"first": summary.get("loss_first"), "last": summary.get("loss_last"),
                  "val": summary.get("val_loss")},
         "curve": _curve(steps),
+        "decoding": _decoding(run_dir, summary),
         "job": json.loads((run_dir / JOB_FILE).read_text()) if (run_dir / JOB_FILE).exists() else None,
     }
 

@@ -153,6 +153,25 @@ def network(runs: list[dict[str, Any]], n: int, profiles: list[netsim.LinkProfil
     return out
 
 
+def decoding(runs: list[dict[str, Any]], profiles: list[netsim.LinkProfile]) -> list[dict[str, Any]]:
+    """Per run that decoded: the measured tokens/s and, per link profile, the simulated link time
+    per token (round trips x RTT + bytes each way / rate; the shares run in parallel, each client
+    on its own link) and the tokens/s with it. Whole-model decoding crosses no link."""
+    out = []
+    for r in runs:
+        d = r.get("decoding")
+        if not d:
+            continue
+        row = {"run": r["id"], "method": r["method"], **d, "link": {}}
+        for p in profiles:
+            per_token = (d["round_trips_per_token"] * p.rtt_s + p.up_s(d["bytes_up_per_token"])
+                         + p.down_s(d["bytes_down_per_token"])) / d["shares"] if d["through"] == "split" else 0.0
+            row["link"][p.name] = {"link_s_per_token": per_token,
+                                   "tokens_per_s": d["tokens"] / (d["decode_s"] + d["tokens"] * per_token)}
+        out.append(row)
+    return out
+
+
 def build_report(runs: list[dict[str, Any]], settings: dict[str, Any], machine: dict[str, Any],
                  profiles: list[netsim.LinkProfile], algo: str = "ring", target: float | None = None,
                  window: int = 3) -> dict[str, Any]:
@@ -165,5 +184,5 @@ def build_report(runs: list[dict[str, Any]], settings: dict[str, Any], machine: 
         "schema": SCHEMA, "machine": machine, "settings": settings, "runs": runs,
         "comparison": comparison(runs, n, settings["n_embd"]), "scaling": scaling(runs),
         "cut_dtype": cut_dtypes(runs), "split_shapes": split_shapes(runs, n),
-        "network": network(runs, n, profiles, algo, target, window),
+        "network": network(runs, n, profiles, algo, target, window), "decoding": decoding(runs, profiles),
     }

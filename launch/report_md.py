@@ -155,6 +155,29 @@ def network_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def decoding_section(report: dict[str, Any]) -> list[str]:
+    """``--eval.at_end``'s beam search after training (launch.bench ``--decode-mrs``), per run."""
+    rows = report.get("decoding") or []
+    if not rows:
+        return []
+    names = list(rows[0]["link"])
+    lines = ["## Decoding", "",
+             "Beam search after training (`--eval.at_end` on validation MRs), measured: CenLoRA and FedLoRA "
+             "decode the whole model in one process; SplitLoRA through the split (each party its own part, "
+             "per step the new positions' hidden states up and the candidates or hidden states down), every "
+             "client rank decoding a share at once. Per generated token: the payload bytes each way and the "
+             "round trips; with a link profile, the *simulated* tokens/s adds round trips × RTT + bytes / rate.",
+             ""]
+    table = [[x["run"], x["through"], f"{x['mrs']} × {x['beams']}", str(x["tokens"]), _f(x["tokens_per_s"]),
+              fmt_bytes(x.get("bytes_up_per_token")) if x["through"] == "split" else "—",
+              fmt_bytes(x.get("bytes_down_per_token")) if x["through"] == "split" else "—",
+              _f(x.get("round_trips_per_token"), 3) if x["through"] == "split" else "—",
+              *[_f(x["link"][n]["tokens_per_s"]) for n in names]] for x in rows]
+    return lines + _table(["run", "decoded", "MRs × beams", "tokens", "tokens/s (measured)", "up / token",
+                           "down / token", "round trips / token", *[f"tokens/s + {n} (sim.)" for n in names]],
+                          table, "llrrrrrr" + "r" * len(names))
+
+
 def checks_section(report: dict[str, Any]) -> list[str]:
     rows = [[r["id"], f"{r['phase_sum']['min']:.4f}", f"{r['phase_sum']['max']:.4f}",
              f"{r['phase_sum']['mean_sum_over_mean_step']:.4f}",
@@ -275,7 +298,7 @@ def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
            "more processes also takes a larger share of a machine that other work shares.", "",
            *scaling_table(report), *img("scaling", "scaling"), *_optional_sections(report, img),
            "## Network simulation (simulated, kept apart from measured time)", "", *network_section(report),
-           *img("time_to_target", "time to target"),
+           *img("time_to_target", "time to target"), *decoding_section(report),
            "## Checks", "",
            "The per-phase times of a step add up to its measured step time by construction "
            "(cut up / cut down are the remainders of two client-side intervals; a negative remainder would "

@@ -67,13 +67,15 @@ def mr_groups(cfg: Config, split: str, data_dir: str | None = None) -> tuple[lis
 
 def decode_groups(model: Decodable, groups: list[MRGroup], decode: DecodeConfig, *, batch_size: int,
                   device: torch.device, model_dir: str | None = None, show_progress: bool = True,
-                  vocab: VocabMap | None = None, share: tuple[int, int] | None = None) -> list[str | None]:
+                  vocab: VocabMap | None = None, share: tuple[int, int] | None = None,
+                  stats: dict[str, int] | None = None) -> list[str | None]:
     """One hypothesis per MR group, in group order; prompts = BPE(context) + [50256].
 
     A compact-vocabulary model (``vocab``, else ``vocab_map.json`` in ``model_dir``) gets its
     prompts and stop ids through the map and its outputs mapped back before detokenising.
     ``share`` (k, n): decode only every n-th MR, from the k-th, of the length-sorted order (so
     every share gets long and short prompts alike); the others' hypotheses are None.
+    ``stats["tokens"]``: increased by the tokens generated (stop tokens excluded).
     """
     tok = load_bpe(model_dir)
     vocab = vocab if vocab is not None else load_vocab_map(model_dir)
@@ -96,6 +98,8 @@ def decode_groups(model: Decodable, groups: list[MRGroup], decode: DecodeConfig,
                           repetition_penalty=decode.repetition_penalty, repeat_scope=decode.repeat_scope)
         else:
             outs = beam_search(model, batch, decode)
+        if stats is not None:
+            stats["tokens"] = stats.get("tokens", 0) + sum(len(out) for out in outs)
         for i, out in zip(idx, outs):
             ids = vocab.to_gpt2(out) if vocab is not None else out
             hyps[i] = " ".join(tok.decode(ids).split())  # one line, single spaces
@@ -148,6 +152,7 @@ def evaluate_model(model: Decodable | None, cfg: Config, out_dir: Path, *, split
     if max_mrs:
         groups = groups[:max_mrs]
     t0 = time.perf_counter()
+    generated = None
     if predictions is not None:
         if len(predictions) != len(groups):
             raise ValueError(f"{len(predictions)} predictions for {len(groups)} MRs of the {split} split")
@@ -158,13 +163,14 @@ def evaluate_model(model: Decodable | None, cfg: Config, out_dir: Path, *, split
         if isinstance(model, torch.nn.Module):  # a whole model (a chain of parts decodes as it is)
             model = model.to(device)
             merge_lora(model)  # decoding with merged weights: same outputs, no LoRA matmuls per step
+        stats = {"tokens": 0}
         mine = decode_groups(model, groups, decode, batch_size=batch_size, device=device, model_dir=cfg.model.path,
                              show_progress=show_progress, vocab=run_vocab(cfg),
-                             share=None if share is None else (share.index, share.count))
-        gathered = mine if share is None else share.gather(mine)
+                             share=None if share is None else (share.index, share.count), stats=stats)
+        gathered = (mine, stats["tokens"]) if share is None else share.gather(mine, stats["tokens"])
         if gathered is None:
             return None
-        hyps = [str(h) for h in gathered]
+        hyps, generated = [str(h) for h in gathered[0]], gathered[1]
     decode_s = time.perf_counter() - t0
     refs = [list(g.refs) if refs_style == "raw" else [r.strip() for r in g.tok_refs] for g in groups]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +182,8 @@ def evaluate_model(model: Decodable | None, cfg: Config, out_dir: Path, *, split
     slots = slot_copy_rates(mrs, hyps) if all(mrs) else None  # MR strings exist for E2E and synthetic data
     record = {"scores": scores, "slots": slots, "refs_style": refs_style, "split": split, "n_mrs": len(groups),
               "n_refs": sum(len(r) for r in refs), "data_source": source, "decode": asdict(decode),
-              "decode_s": decode_s, "score_s": time.perf_counter() - t1, "method": cfg.method,
+              "decode_s": decode_s, "generated_tokens": generated, "score_s": time.perf_counter() - t1,
+              "method": cfg.method,
               "rescored": predictions is not None, "decode_shares": 1 if share is None else share.count,
               "model": cfg.model.name}
     if source != "e2e":

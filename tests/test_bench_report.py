@@ -94,7 +94,8 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rc = main(["--out", str(out), "--clients", "2", "--steps", str(STEPS), "--warmup", "1", "--batch", str(BATCH),
                "--seq-len", str(SEQ), "--aggregate-every", str(EVERY), "--eval-examples", "0",
                "--server-threads", "1", "--client-threads", "1", "--cut-dtypes", "fp32,bf16", "--shapes", "vanilla,u",
-               "--net.profile", "lan", "4g", "--timeout", "300"])
+               "--net.profile", "lan", "4g", "--decode-mrs", "2", "--decode-beams", "2", "--decode-tokens", "6",
+               "--timeout", "300"])
     assert rc == 0
     return out
 
@@ -184,6 +185,28 @@ def test_network_simulation_is_kept_apart_and_ordered(report_dir: Path) -> None:
     assert net["target_loss"] is not None
     for x in net["results"]:  # the default target is one every run reaches
         assert x["time_to_target_s"] == pytest.approx(x["time_to_target_measured_s"] + x["time_to_target_link_s"])
+
+
+@pytest.mark.slow
+def test_decoding_is_reported_per_run(report_dir: Path) -> None:
+    """--decode-mrs: every run decodes after training; SplitLoRA through the split (both client ranks
+    a share), with bytes and round trips per token and a link that only slows it down."""
+    rep = json.loads((report_dir / "report.json").read_text())
+    rows = {x["run"]: x for x in rep["decoding"]}
+    assert set(rows) == {r["id"] for r in rep["runs"]}
+    for rid, x in rows.items():
+        split = rid.startswith("splitlora")
+        assert x["through"] == ("split" if split else "whole model") and x["mrs"] == 2 and x["beams"] == 2
+        assert 0 < x["tokens"] <= 2 * 6 and x["tokens_per_s"] > 0
+        if split:
+            assert x["shares"] == 2 and x["round_trips_per_token"] > 0
+            assert x["bytes_up_per_token"] > 0 and x["bytes_down_per_token"] > 0
+            assert x["link"]["4g"]["tokens_per_s"] < x["link"]["lan"]["tokens_per_s"] < x["tokens_per_s"]
+        else:
+            assert x["link"]["4g"]["tokens_per_s"] == x["tokens_per_s"]
+    # vanilla: the server's head sends k candidates per row back, U the middle's hidden states
+    assert rows["splitlora-n2"]["bytes_down_per_token"] < rows["splitlora-n2-u"]["bytes_down_per_token"]
+    assert "## Decoding" in (report_dir / "report.md").read_text()
 
 
 @pytest.mark.slow
