@@ -7,9 +7,21 @@ under ``split.server_batching``), and the first live one scores.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import torch
 import torch.distributed as dist
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """A digest of every tensor of ``module``'s state (names, dtypes, shapes and bytes): equal
+    digests, the same model bit for bit."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class DecodeShare:
@@ -51,3 +63,9 @@ class ShareOverGroup(DecodeShare):
         parts: list[Any] = [None] * self.count
         dist.all_gather_object(parts, mine, group=self.group)
         return parts if self.scores else None
+
+    def same_everywhere(self, digest: str) -> bool:
+        """Whether every share holds a model with this digest (all ranks get the same answer)."""
+        digests: list[Any] = [None] * self.count
+        dist.all_gather_object(digests, digest, group=self.group)
+        return len(set(digests)) == 1

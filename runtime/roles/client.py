@@ -26,7 +26,7 @@ from runtime.config import Config
 from runtime.control import coordinator
 from runtime.control.dist import SERVER, World, abort, group_barrier, world_barrier
 from runtime.control.watchdog import Watchdog
-from runtime.decode_share import ShareOverGroup
+from runtime.decode_share import ShareOverGroup, state_digest
 from runtime.fed.hosted import HostedClient, share_frozen_copy
 from runtime.fed.local_round import LocalRound
 from runtime.fed.population import Population, round_weights
@@ -85,6 +85,7 @@ class ClientRun:
         self.name = f"client{world.rank}"
         self.rounds = 0
         self._whole: torch.nn.Module | None = None  # SplitLoRA: the whole model, once assembled
+        self._share: ShareOverGroup | bool | None = None  # eval.share_decoding, once decided (False: not shared)
         self.group = world.client_group
         self.live = list(range(1, world.world_size))  # client ranks still in the run (continue policy)
         if plan.start_step:
@@ -274,11 +275,18 @@ class ClientRun:
 
     def decode_share(self) -> ShareOverGroup | None:
         """This rank's share of ``--eval.at_end``'s decoding (``eval.share_decoding``), when every
-        client rank is live (the client group is whole) and decodes through the split; else None."""
-        cfg, live = self.cfg, self.live
-        shared = (cfg.eval.at_end and cfg.eval.share_decoding and self.split_inference and len(live) > 1
-                  and len(live) == self.world.n_clients and not getattr(self.first.module, "is_classifier", False))
-        return ShareOverGroup(live.index(self.world.rank), len(live), self.group) if shared else None
+        client rank is live (the client group is whole), decodes through the split, and holds the same
+        part, bit for bit (one cut for all; the same global state): else None. Decided once, together."""
+        if self._share is None:
+            cfg, live = self.cfg, self.live
+            shared = (cfg.eval.at_end and cfg.eval.share_decoding and self.split_inference and len(live) > 1
+                      and len(live) == self.world.n_clients and len(set(self.cuts)) == 1
+                      and not getattr(self.first.module, "is_classifier", False))
+            share = ShareOverGroup(live.index(self.world.rank), len(live), self.group) if shared else None
+            if share is not None and not share.same_everywhere(state_digest(self.global_view())):
+                share = None
+            self._share = share or False
+        return self._share or None
 
     def export_model(self) -> torch.nn.Module:
         """What ``model/`` is written from. SplitLoRA on an unchanged pretrained GPT-2 base: only the
