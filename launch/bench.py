@@ -5,6 +5,7 @@
     python -m launch.bench --config bench.yaml --out DIR          # keys as the long options
     python -m launch.bench --model gpt2 --clients 1 --steps 8 --batch 4 --seq-len 128
     python -m launch.bench --decode-mrs 16                        # and decoding after training
+    sudo python -m launch.bench --netlab 20,5,10/50               # and over emulated links (launch/bench_links.py)
 
 Every method runs as a real torchrun job of ``launch.train`` on synthetic data padded to
 ``--seq-len`` (so every step moves exactly B·T·d activations across the cut), for
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--client-threads", type=int, default=1, help="torch threads per client")
     ap.add_argument("--threads", type=int, default=None, help="set both thread counts (the old option)")
     ap.add_argument("--eval-examples", type=int, default=32, help="validation examples for the final val loss")
+    ap.add_argument("--netlab", default="",
+                    help="also run FedLoRA and SplitLoRA at --clients over emulated links (launch.netlab, root): "
+                         "comma list of R or UP/DOWN Mbit/s per client; an unshaped baseline runs first")
     ap.add_argument("--decode-mrs", type=int, default=0,
                     help="after training, every run decodes this many validation MRs (beam search; SplitLoRA "
                          "through the split) for the report's decoding table; 0 = no decoding")
@@ -178,6 +182,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.profiles = netsim.parse_profiles(a.net_profile)
     except ValueError as e:
         ap.error(str(e))
+    from launch.bench_links import parse_rates
+
+    try:
+        a.netlab_rates = parse_rates(a.netlab) if a.netlab else []
+    except ValueError as e:
+        ap.error(f"--netlab: {e}")
     return a
 
 
@@ -224,6 +234,7 @@ def settings_of(a: argparse.Namespace, run_dirs: list[Path], argv: list[str]) ->
         "aggregate_every": a.aggregate_every, "lr": d["train"]["lr"], "order": a.order, "seed": d["train"]["seed"],
         "data": "synthetic, every batch padded to seq_len", "eval_examples": a.eval_examples,
         "decode": {"mrs": a.decode_mrs, "beams": a.decode_beams, "max_new_tokens": a.decode_tokens},
+        "netlab": a.netlab,
         "threads": {"server_threads": a.server_threads, "client_threads": a.client_threads,
                     "server_resolved": a.server_threads or cores, "client_resolved": max(1, a.client_threads),
                     "note": "--runtime.server_threads / --runtime.client_threads; 0 = every core on rank 0 "
@@ -289,8 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(a.runs_dir) if a.runs_dir else out / "runs"
     specs = plan_jobs(a)
     print(f"bench: {len(specs)} job(s): {', '.join(s.run_id for s in specs)}", file=sys.stderr, flush=True)
+    links: list[dict[str, Any]] = []
     with sigterm_raises():  # a SIGTERM to this driver stops the job it is running, then reports
         done, failed = run_jobs(a, specs, runs_dir)
+        if a.netlab_rates:
+            from launch.bench_links import run_links
+
+            with contextlib.suppress(Terminated):
+                links = run_links(a, specs, runs_dir, failed, train_args)
     if not done:
         raise SystemExit("bench: no job finished; nothing to report")
     dirs, specs = [d for d, _ in done], [s for _, s in done]
@@ -300,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(runs, settings_of(a, dirs, argv), machine_info(device, runs), a.profiles,
                           a.net_allreduce, a.target_loss, a.smooth)
     report["failed_jobs"] = failed
+    report["links"] = links  # --netlab: measured over emulated links (launch/bench_links.py)
     # The client group's backend per run (NCCL only where each client has a GPU of its own).
     report["client_backends"] = {spec.run_id: x["client_backend"] for spec, x in zip(specs, launches)
                                  if "client_backend" in x}

@@ -55,8 +55,6 @@ def shape(dev: str, mbit: float, netns: str | None = None) -> None:
     if mbit <= 0:
         return
     ns = ["ip", "netns", "exec", netns] if netns else []
-    # One packet per MTU: a 64 KiB segmentation-offload packet would pass htb in one go, ahead of its rate.
-    subprocess.run([*ns, "ip", "link", "set", "dev", dev, "gso_max_size", "1514"], capture_output=True)
     sh(*ns, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
     sh(*ns, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", f"{mbit}mbit",
        "ceil", f"{mbit}mbit")
@@ -83,6 +81,11 @@ class Lab:
             self.created.append(("link", host))  # deleted first: the pair goes at once, not when the netns is reaped
             sh("ip", "link", "set", host, "master", self.bridge, "up")
             sh("ip", "-n", ns, "addr", "add", f"{PREFIX}{k + 1}/24", "dev", "eth0")
+            # One packet per MTU from every sender: htb lets a packet through whenever its bucket is not
+            # empty, so a 64 KiB segmentation-offload packet would cross a shaped link at once, ahead of its
+            # rate, and delay the next packets instead (a downlink's time then shows in the wrong phase).
+            # The packets a shaped downlink carries are made by the other nodes' eth0: limit them all.
+            subprocess.run(["ip", "-n", ns, "link", "set", "dev", "eth0", "gso_max_size", "1514"], capture_output=True)
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             if k > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from launch.bench_links import links_section
 from launch.report import PHASE_GROUPS, is_main
 
 
@@ -298,7 +299,8 @@ def render_markdown(report: dict[str, Any], brief: bool = False) -> str:
            "more processes also takes a larger share of a machine that other work shares.", "",
            *scaling_table(report), *img("scaling", "scaling"), *_optional_sections(report, img),
            "## Network simulation (simulated, kept apart from measured time)", "", *network_section(report),
-           *img("time_to_target", "time to target"), *decoding_section(report),
+           *img("time_to_target", "time to target"), *links_section(report.get("links") or []),
+           *decoding_section(report),
            "## Checks", "",
            "The per-phase times of a step add up to its measured step time by construction "
            "(cut up / cut down are the remainders of two client-side intervals; a negative remainder would "
