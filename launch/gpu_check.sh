@@ -87,13 +87,13 @@ step bench "$py" -m launch.bench --model "$model" --methods cenlora,splitlora --
   --note "launch/gpu_check.sh ($device)" > "$out/bench.log" 2>&1
 
 # 3b. server scaling: sequential vs batched server, clients sharing the device
-step serving "$py" -m launch.bench_serving --model "$model" --clients "$serving" --steps "$serve_steps" --warmup "$warmup" \
+step serving "$py" -m launch.bench.serving --model "$model" --clients "$serving" --steps "$serve_steps" --warmup "$warmup" \
   --batch "$batch" --seq-len "$seq" --cut 3 --server-threads 1 --extra=--runtime.device=$device \
   --out "$out/serving" --runs-dir "$out/serving-runs" --timeout 240 --note "launch/gpu_check.sh ($device)" \
   > "$out/serving.log" 2>&1
 
 # 4. beam-10 decoding: ours vs transformers generate on the same device
-step decode "$py" -m launch.bench_decode --model "$model" --prompts "$prompts" --device "$device" --prompt-end eos \
+step decode "$py" -m launch.bench.decode --model "$model" --prompts "$prompts" --device "$device" --prompt-end eos \
   --max-new-tokens "$new_tokens" --json "$out/decode.json" > "$out/decode.log" 2>&1
 
 # 5. the report

@@ -2,8 +2,8 @@
 
 Reads what the script's steps left in OUT: ``env.json`` (the machine), ``tests.xml`` (the
 CUDA tests, JUnit), ``bench/report.json`` (``launch.bench``: CenLoRA vs SplitLoRA over 1..4
-clients on the device, fp32 vs bf16 cut), ``serving/report.json`` (``launch.bench_serving``:
-sequential vs batched server over 1..4 clients sharing the device) and ``decode.json`` (``launch.bench_decode``: beam
+clients on the device, fp32 vs bf16 cut), ``serving/report.json`` (``launch.bench.serving``:
+sequential vs batched server over 1..4 clients sharing the device) and ``decode.json`` (``launch.bench.decode``: beam
 search, ours vs transformers). A missing input is reported as missing, not guessed.
 
     python -m launch.gpu_report OUT [--seconds S]
@@ -69,7 +69,7 @@ def bench_figures(bench: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def serving_figures(serving: dict[str, Any] | None) -> dict[str, Any] | None:
-    """launch.bench_serving's rows, and the most clients' batched tokens/s over one sequential client's."""
+    """launch.bench.serving's rows, and the most clients' batched tokens/s over one sequential client's."""
     if not serving:
         return None
     rows = {(r["mode"], r["n_clients"]): r for r in serving["runs"]}
@@ -135,7 +135,7 @@ def render(rep: dict[str, Any]) -> str:
                          + ", ".join(f"{k} {v}" for k, v in backends.items()) + ".")
         lines.append("")
     lines += serving_lines(rep.get("serving"))
-    lines += ["## Beam-10 decoding (launch.bench_decode)", ""]
+    lines += ["## Beam-10 decoding (launch.bench.decode)", ""]
     if decode is None:
         lines += ["missing: no decode.json", ""]
     else:
@@ -149,7 +149,7 @@ def render(rep: dict[str, Any]) -> str:
 
 
 def serving_lines(serving: dict[str, Any] | None) -> list[str]:
-    lines = ["## Server scaling (launch.bench_serving; details in serving/report.md)", ""]
+    lines = ["## Server scaling (launch.bench.serving; details in serving/report.md)", ""]
     if serving is None:
         return lines + ["missing: no serving/report.json", ""]
     lines += ["| clients | mode | tokens/s | server busy | step ms median |", "| ---: | --- | ---: | ---: | ---: |"]

@@ -55,6 +55,10 @@ def run_group(cmd: Sequence[str], timeout: float | None = None, **popen: Any) ->
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+class JobError(RuntimeError):
+    """A benchmark job exited non-zero or ran past its time limit; the message says which."""
+
+
 class Terminated(SystemExit):
     """Raised by SIGTERM inside ``sigterm_raises``; uncaught, the process exits with 143."""
 

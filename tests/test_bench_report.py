@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from launch import netsim
-from launch.bench import parse_args, plan_jobs
-from launch.report import PHASE_GROUPS
+from launch.bench import netsim
+from launch.bench.latency import parse_args, plan_jobs
+from launch.bench.report import PHASE_GROUPS
 
 # ----------------------------------------------------------------------------- link model
 
@@ -88,7 +88,7 @@ TINY_D, TINY_LAYERS, CUT, R = 64, 4, 3, 4  # the tiny preset; LoRA r 4 on q and 
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from launch.bench import main
+    from launch.bench.latency import main
 
     out = tmp_path_factory.mktemp("bench")
     rc = main(["--out", str(out), "--clients", "2", "--steps", str(STEPS), "--warmup", "1", "--batch", str(BATCH),
@@ -214,7 +214,7 @@ def test_a_failed_job_leaves_the_others_in_the_report(report_dir: Path, tmp_path
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-render the finished runs with one more job planned (1 client) that fails: the report
     holds the finished ones, names the failed one, and the exit code says it."""
-    import launch.bench as bench
+    import launch.bench.latency as bench
 
     def fail(method: str, nproc: int, args: list[str], out: Path, name: str, timeout: float) -> Path:
         raise bench.JobError(f"bench: {name} failed (exit 1):\nsome traceback")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from launch import bench_serving
+from launch.bench import serving as bench_serving
 
 PHASES = {p: 0.01 for p in bench_serving.PHASES}
 

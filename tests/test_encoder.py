@@ -117,9 +117,9 @@ def test_unsupported_architecture_is_one_clear_error(tmp_path, encoder_dirs):
 
 
 def test_speed_benchmark_compares_like_with_like(tmp_path, encoder_dirs):
-    """launch.bench_encoder times the same step on both sides: their first losses agree."""
+    """launch.bench.encoder times the same step on both sides: their first losses agree."""
     pytest.importorskip("peft")
-    from launch.bench_encoder import main
+    from launch.bench.encoder import main
 
     assert main(["--model", str(encoder_dirs["bert"]), "--pairs", "2", "--warmup", "1", "--labels", "5",
                  "--seq", "8", "--batch", "4", "--threads", "1", "--out", str(tmp_path)]) == 0

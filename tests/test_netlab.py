@@ -62,16 +62,17 @@ def test_three_nodes_on_their_own_addresses_with_a_shaped_client(tmp_path):
     steps = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if r.get("kind") == "step"]
 
-    def wire(client: int) -> tuple[float, float]:
+    def wire(client: int, way: str) -> tuple[float, float]:
         mine = [r for r in steps if r["client"] == client]
-        measured = sum(r["time"]["cut_up"] + r["time"]["cut_down"] for r in mine)
-        return measured, sum(r["bytes_up"] + r["bytes_down"] for r in mine) * 8 / 5e6  # at 5 Mbit/s
+        measured = sum(r["time"][f"cut_{way}"] for r in mine)
+        return measured, sum(r[f"bytes_{way}"] for r in mine) * 8 / 5e6  # at 5 Mbit/s
 
-    shaped, unshaped = wire(1), wire(2)
-    # The cut phases are derived by subtracting server times from the round trip, which can
-    # hide a little of the transfer: allow 15 % below bytes / rate.
-    assert shaped[0] >= 0.85 * shaped[1], shaped
-    assert unshaped[0] < 0.3 * unshaped[1], unshaped  # the same bytes on an unshaped link
+    for way in ("up", "down"):  # each direction's time in its own phase (not in the next message's)
+        shaped, unshaped = wire(1, way), wire(2, way)
+        # The cut phases are derived by subtracting server times from the round trip, which can
+        # hide a little of the transfer: allow 15 % below bytes / rate.
+        assert shaped[0] >= 0.85 * shaped[1], (way, shaped)
+        assert unshaped[0] < 0.3 * unshaped[1], (way, unshaped)  # the same bytes on an unshaped link
     assert not _leftovers(proc.stderr)
 
 
@@ -158,10 +159,10 @@ def test_link_profiles_are_parsed_per_client():
 
 
 def test_netcheck_predicts_from_the_unshaped_runs_bytes():
-    """launch.netcheck's prediction is netsim's model of the baseline's bytes: SplitLoRA on one
+    """launch.bench.netcheck's prediction is netsim's model of the baseline's bytes: SplitLoRA on one
     client pair at 8 Mbit/s with RTT 0 is the pipelined rounds plus, per aggregation, the ring
     all-reduce and the pipeline's refill; FedLoRA only the all-reduce; unshaped nothing."""
-    from launch.netcheck import bytes_of, predicted_extra_s
+    from launch.bench.netcheck import bytes_of, predicted_extra_s
 
     clients = {"1": {"aggregation_rounds": 2, "aggregation_bytes": 2e6},
                "2": {"aggregation_rounds": 2, "aggregation_bytes": 2e6}}
@@ -184,10 +185,34 @@ def test_netcheck_predicts_from_the_unshaped_runs_bytes():
 
 
 def test_netcheck_rates():
-    from launch.netcheck import link_name, parse_rate
+    from launch.bench.netcheck import link_name, parse_rate
 
     assert parse_rate("0") == (0.0, 0.0) and parse_rate("10/50") == (10.0, 50.0) and parse_rate("20") == (20.0, 20.0)
     assert [link_name(parse_rate(x)) for x in ("0", "5", "10/50")] == ["unshaped", "5", "10/50"]
     for bad in ("10/0", "-1", "1/2/3"):
         with pytest.raises(ValueError, match="UP/DOWN"):
             parse_rate(bad)
+
+
+@skip_without_lab
+@pytest.mark.heavy
+def test_the_latency_report_measures_over_emulated_links(tmp_path):
+    """launch.bench --netlab: SplitLoRA again, unshaped and at 5 Mbit/s per client; the report holds
+    the link's measured and predicted time and the cut phases, each at least its bytes / rate."""
+    from launch.bench.latency import main
+
+    out = tmp_path / "report"
+    rc = main(["--out", str(out), "--methods", "splitlora", "--clients", "2", "--steps", "6", "--warmup", "1",
+               "--batch", "2", "--seq-len", "64", "--eval-examples", "0", "--no-plots", "--netlab", "5",
+               "--net.profile", "lan", "--timeout", "300"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["link"]: r for r in report["links"]}
+    assert set(rows) == {"unshaped", "5"} and report["settings"]["netlab"] == "5"
+    five = rows["5"]
+    assert five["measured_extra_s"] > 0 and five["predicted_extra_s"] > 0
+    act = 2 * 64 * 64 * 4  # the tiny preset's (B, T, d) fp32 activations: the gradient down, + ids and mask up
+    assert five["cut_down_ms"] >= 0.85 * 1e3 * act * 8 / 5e6, five
+    assert five["cut_up_ms"] >= 0.85 * 1e3 * act * 8 / 5e6, five
+    assert rows["unshaped"]["cut_down_ms"] < 0.3 * five["cut_down_ms"]
+    assert "## Measured over emulated links" in (out / "report.md").read_text()

@@ -50,7 +50,7 @@ class SplitShape:
     # eval_forward and decode_stages are implemented: validation and decoding run through the split
     # (else the first client evaluates the assembled whole model)
     split_inference: ClassVar[bool] = False
-    # Latency model (launch/netsim.py): the share of a step's upload sent while the server waits
+    # Latency model (launch/bench/netsim.py): the share of a step's upload sent while the server waits
     # for it (the rest overlaps the client's own compute).
     gated_upload: ClassVar[float] = 0.0
 

@@ -1,8 +1,8 @@
 """Beam-search decoding speed: ``models.generate.beam_search`` vs transformers ``generate``.
 
-    python -m launch.bench_decode                      # tiny preset, 8 prompts, beam 10
-    python -m launch.bench_decode --model gpt2 --prompts 4
-    python -m launch.bench_decode --model gpt2 --threads 2 --repeats 3
+    python -m launch.bench.decode                      # tiny preset, 8 prompts, beam 10
+    python -m launch.bench.decode --model gpt2 --prompts 4
+    python -m launch.bench.decode --model gpt2 --threads 2 --repeats 3
 
 Both decode the same random weights (ours written into a transformers
 ``GPT2LMHeadModel``) and the same batch of E2E-like prompts: random context tokens,

@@ -6,7 +6,7 @@ network namespace of its own, each client's uplink and downlink shaped, tensor b
 the transport (``--runtime.rpc_channels basic``). First unshaped (the baseline: the same
 namespaces and channels, no rate limit), then at each rate. Per run and rate the report holds
 the training wall time, what the link added (the shaped run's wall minus the unshaped one's),
-``launch/netsim.py``'s prediction of it from the unshaped run's bytes (round-trip time 0: it
+``launch/bench/netsim.py``'s prediction of it from the unshaped run's bytes (round-trip time 0: it
 cannot be emulated here), their ratio, and the median step time and cut phases and the
 aggregation's collective time, measured. Needs root (as ``launch.netlab``).
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from launch import netlab
-from launch.netcheck import link_name, parse_rate, predicted_extra_s
-from launch.report import RunSpec, analyze_run
+from launch.bench.netcheck import link_name, parse_rate, predicted_extra_s
+from launch.bench.report import RunSpec, analyze_run
+from launch.jobs import JobError
 
 UNSHAPED = (0.0, 0.0)
 
@@ -44,8 +45,6 @@ def job_name(spec: RunSpec, rate: tuple[float, float]) -> str:
 def run_link_job(spec: RunSpec, rate: tuple[float, float], args: list[str], runs_dir: Path,
                  timeout: float) -> Path:
     """One job under netlab: one namespace per rank, every client's link at ``rate``."""
-    from launch.bench import JobError
-
     name = job_name(spec, rate)
     lab = netlab.Lab(spec.nproc)
     try:
@@ -97,8 +96,6 @@ def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], w
 def run_links(a: argparse.Namespace, specs: list[RunSpec], runs_dir: Path, failed: list[str],
               train_args: Any) -> list[dict[str, Any]]:
     """Every link job (a failed one is noted in ``failed`` and skipped); the comparison rows."""
-    from launch.bench import JobError
-
     netlab.check_tools()
     done: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]] = {}
     for spec in link_specs(a, specs):

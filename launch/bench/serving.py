@@ -1,7 +1,7 @@
 """Server scaling: SplitLoRA with 1, 2, 4, 8 ... clients, sequential beside batched serving.
 
-    python -m launch.bench_serving --model mini --model-path BASE --clients 1,2,4,8 --out runs/serving
-    python -m launch.bench_serving --clients 1,2 --steps 6 --warmup 2 --out /tmp/serving   # tiny, quick
+    python -m launch.bench.serving --model mini --model-path BASE --clients 1,2,4,8 --out runs/serving
+    python -m launch.bench.serving --clients 1,2 --steps 6 --warmup 2 --out /tmp/serving   # tiny, quick
 
 Every (clients, mode) pair is a real torchrun job of ``launch.train`` (synthetic data padded
 to ``--seq-len``, round-robin order unless ``--order``); the first ``--warmup`` steps of
@@ -30,9 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.bench import attempt_job
+from launch.bench.latency import attempt_job
+from launch.bench.report_build import load_avg, machine_info
 from launch.jobs import Terminated, sigterm_raises
-from launch.report_build import load_avg, machine_info
 
 MODES = ("sequential", "batched", "batched-halfN")
 PHASES = ("client_fwd", "server_wait", "cut_up", "server_fwd", "server_bwd", "cut_down", "client_bwd",
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench_serving: no job finished; nothing to report")
     settings = {k: getattr(a, k) for k in ("model", "model_path", "steps", "warmup", "batch", "seq_len", "cut",
                                            "order", "window_ms", "server_threads")}
-    settings["command"] = "python -m launch.bench_serving " + shlex.join(x for x in argv if x != "--reuse")
+    settings["command"] = "python -m launch.bench.serving " + shlex.join(x for x in argv if x != "--reuse")
     m = machine_info("cpu")
     report = {"settings": settings, "runs": rows, "note": a.note, "machine_info": m,
               "machine": f"{m['cpu_count']} cores ({m['processor']}), torch {m['torch']}",

@@ -1,7 +1,7 @@
 """Several clients decoding through one server at once: sequential vs batched serving.
 
-    python -m launch.bench_decode_serving                          # micro, mini, gpt2 (S) shapes, 2 clients
-    python -m launch.bench_decode_serving --models gpt2 --clients 3 --json out.json
+    python -m launch.bench.decode_serving                          # micro, mini, gpt2 (S) shapes, 2 clients
+    python -m launch.bench.decode_serving --models gpt2 --clients 3 --json out.json
 
 One server process holding only its part and ``--clients`` client processes holding only
 theirs (random weights of the preset, LoRA with random B), one torch thread each, RPC over
@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 import torch.multiprocessing as mp
 
-from launch.bench_split_decode import build, parts, prompts_for
+from launch.bench.split_decode import build, parts, prompts_for
 from models.generate import DecodeConfig, beam_search
 
 MODES = ("sequential", "batched")

@@ -1,7 +1,7 @@
 """Decoding through the split vs whole-model decoding: tokens/s, bytes and round trips per token.
 
-    python -m launch.bench_split_decode                         # micro, mini, gpt2 (S) shapes, both splits
-    python -m launch.bench_split_decode --models gpt2 --shapes u --prompts 4 --json out.json
+    python -m launch.bench.split_decode                         # micro, mini, gpt2 (S) shapes, both splits
+    python -m launch.bench.split_decode --models gpt2 --shapes u --prompts 4 --json out.json
 
 Two processes on this machine, one torch thread each: a server holding only its part and a
 client holding only its own (random weights of the preset, LoRA with random B on q and v),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from launch.bench_links import links_section
-from launch.report import PHASE_GROUPS, is_main
+from launch.bench.links import links_section
+from launch.bench.report import PHASE_GROUPS, is_main
 
 
 def fmt_bytes(n: float | None) -> str:

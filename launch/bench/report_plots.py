@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launch.report import PHASE_GROUPS, is_main
+from launch.bench.report import PHASE_GROUPS, is_main
 
 DPI = 80  # small files: the sample report is committed
 COLORS = {"cenlora": "tab:gray", "fedlora": "tab:blue", "splitlora": "tab:orange"}

@@ -1,8 +1,8 @@
 """Logical clients at scale: time per round and memory against the number of clients, and many
 clients on a few ranks against one process per client (docs/clients.md).
 
-    python -m launch.bench_clients --out benchmarks/reports/clients          # the committed report
-    python -m launch.bench_clients --counts 10,40 --rounds 3 --skip-processes --out /tmp/clients  # quick
+    python -m launch.bench.clients --out benchmarks/reports/clients          # the committed report
+    python -m launch.bench.clients --counts 10,40 --rounds 3 --skip-processes --out /tmp/clients  # quick
 
 Every figure comes from real torchrun jobs of ``launch.train`` (FedLoRA, synthetic data, the
 ``micro`` preset with random weights: time and memory do not depend on the weights):
@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.bench import JobError, run_job
-from launch.report import JOB_FILE
-from launch.report_build import load_avg, machine_info
+from launch.bench.latency import JobError, run_job
+from launch.bench.report import JOB_FILE
+from launch.bench.report_build import load_avg, machine_info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def render(report: dict[str, Any]) -> str:
              f"FedLoRA, `{report['model']}` preset (random weights), synthetic data, batch {report['batch']} × 64 "
              "tokens (padded), "
              f"{report['rounds']} rounds × {report['every']} local steps, clients on {report['ranks']} client ranks "
-             "+ the server. Command: `python -m launch.bench_clients " + " ".join(report["argv"]) + "`.", "",
+             "+ the server. Command: `python -m launch.bench.clients " + " ".join(report["argv"]) + "`.", "",
              "## Time per round and memory against N (K fixed)", "",
              "| N | K | time / round (s) | peak RSS per client rank (MiB) | clients / rank |",
              "|---:|---:|---:|---|---:|"]

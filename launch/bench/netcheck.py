@@ -1,7 +1,7 @@
-"""The link model held against real shaped links: ``launch/netsim.py``'s prediction beside the
+"""The link model held against real shaped links: ``launch/bench/netsim.py``'s prediction beside the
 time a run measures under ``launch/netlab.py`` at several link rates.
 
-    sudo python -m launch.netcheck --rates 0,50,10,2 --out runs/netcheck -- --train.max_steps 20
+    sudo python -m launch.bench.netcheck --rates 0,50,10,2 --out runs/netcheck -- --train.max_steps 20
 
 For each method (``--methods``) the same ``launch.train`` job runs once per rate, every node in
 its own namespace, each client's uplink and downlink shaped to the rate (0: unshaped, the
@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch import netlab, netsim
+from launch import netlab
+from launch.bench import netsim
 
 METHOD_ARGS = {"splitlora": ["--method=splitlora"], "splitlora-u": ["--method=splitlora", "--split.shape=u"],
                "fedlora": ["--method=fedlora"]}

@@ -23,7 +23,7 @@ Model (stated in every report):
   the aggregation. U-shaped split: the same 3 round trips, but half the upload (the
   gradient at the client's back end) goes up inside the gate: ``G = 2.5·rtt +
   down/rate_down + up/2/rate_up``, ``O = 0.5·rtt + up/2/rate_up``. Held against real
-  shaped links (``launch/netcheck.py``; docs/performance.md): within 10 % where the link
+  shaped links (``launch/bench/netcheck.py``; docs/performance.md): within 10 % where the link
   dominates, for both shapes; an upper bound where a slow uplink overlaps the server's
   compute for the other clients (an asymmetric link, a bf16 cut). (The earlier form,
   ``N·G + O`` per round, assumed no pipelining and over-predicted by 15–20 %.)

@@ -4,7 +4,7 @@ Scores both golden hypothesis files (630 MRs, 4,693 references) and prints wall
 and CPU seconds. Not a test: the numbers depend on the machine and its load
 (the load average is printed with them).
 
-    python -m launch.bench_metrics [--data DIR] [--repeat N] [--no-meteor]
+    python -m launch.bench.metrics [--data DIR] [--repeat N] [--no-meteor]
 
 ``DIR`` is the E2E data directory holding ``golden/`` (default: $SPLITLORA_DATA, then the
 user cache, as ``runtime.data.locate`` finds the data).

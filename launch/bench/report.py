@@ -2,7 +2,7 @@
 
 Every number here is read from a run directory (``metrics.jsonl``, ``summary.json``,
 ``config.json``) written by ``launch.train``; nothing is timed here. ``analyze_run``
-reduces one run; ``launch.report_build`` combines runs into the report.
+reduces one run; ``launch.bench.report_build`` combines runs into the report.
 """
 
 from __future__ import annotations

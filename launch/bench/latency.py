@@ -5,7 +5,7 @@
     python -m launch.bench --config bench.yaml --out DIR          # keys as the long options
     python -m launch.bench --model gpt2 --clients 1 --steps 8 --batch 4 --seq-len 128
     python -m launch.bench --decode-mrs 16                        # and decoding after training
-    sudo python -m launch.bench --netlab 20,5,10/50               # and over emulated links (launch/bench_links.py)
+    sudo python -m launch.bench --netlab 20,5,10/50               # and over emulated links (launch/bench/links.py)
 
 Every method runs as a real torchrun job of ``launch.train`` on synthetic data padded to
 ``--seq-len`` (so every step moves exactly B·T·d activations across the cut), for
@@ -17,7 +17,7 @@ Writes ``DIR/report.json``, ``DIR/report.md`` and PNG plots; the runs stay in
 ``DIR/runs/<method>-n<clients>[-<dtype>]`` (``--runs-dir`` puts them elsewhere;
 ``--reuse`` re-reads finished ones instead of running them again). Link profiles
 (``--net.profile``) add *simulated* transfer time beside the measured time; see
-``launch/netsim.py`` for the model. ``--decode-mrs N``: every run then decodes N validation
+``launch/bench/netsim.py`` for the model. ``--decode-mrs N``: every run then decodes N validation
 MRs (``--eval.at_end``), and the report adds tokens/s and, through the split, bytes and round
 trips per generated token, with the link profiles' simulated time per token.
 """
@@ -35,18 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch import netsim
-from launch.jobs import Terminated, run_group, sigterm_raises
-from launch.report import JOB_FILE, RunSpec, analyze_run
-from launch.report_build import build_report, load_avg, machine_info
+from launch.bench import netsim
+from launch.bench.report import JOB_FILE, RunSpec, analyze_run
+from launch.bench.report_build import build_report, load_avg, machine_info
+from launch.jobs import JobError, Terminated, run_group, sigterm_raises
 from runtime.split.shapes import DEFAULT_SHAPE, SHAPES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METHODS = ("cenlora", "fedlora", "splitlora")
-
-
-class JobError(RuntimeError):
-    """A benchmark job exited non-zero or ran past its time limit; the message says which."""
 
 
 def run_job(method: str, nproc: int, args: list[str], out: Path, name: str, timeout: float) -> Path:
@@ -182,7 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.profiles = netsim.parse_profiles(a.net_profile)
     except ValueError as e:
         ap.error(str(e))
-    from launch.bench_links import parse_rates
+    from launch.bench.links import parse_rates
 
     try:
         a.netlab_rates = parse_rates(a.netlab) if a.netlab else []
@@ -304,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     with sigterm_raises():  # a SIGTERM to this driver stops the job it is running, then reports
         done, failed = run_jobs(a, specs, runs_dir)
         if a.netlab_rates:
-            from launch.bench_links import run_links
+            from launch.bench.links import run_links
 
             with contextlib.suppress(Terminated):
                 links = run_links(a, specs, runs_dir, failed, train_args)
@@ -317,15 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(runs, settings_of(a, dirs, argv), machine_info(device, runs), a.profiles,
                           a.net_allreduce, a.target_loss, a.smooth)
     report["failed_jobs"] = failed
-    report["links"] = links  # --netlab: measured over emulated links (launch/bench_links.py)
+    report["links"] = links  # --netlab: measured over emulated links (launch/bench/links.py)
     # The client group's backend per run (NCCL only where each client has a GPU of its own).
     report["client_backends"] = {spec.run_id: x["client_backend"] for spec, x in zip(specs, launches)
                                  if "client_backend" in x}
-    from launch.report_md import render_markdown
+    from launch.bench.report_md import render_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:
-        from launch.report_plots import write_plots
+        from launch.bench.report_plots import write_plots
 
         report["plots"] = write_plots(report, out)
     (out / "report.json").write_text(json.dumps(rounded(report), indent=1) + "\n")

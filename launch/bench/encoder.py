@@ -1,7 +1,7 @@
 """LoRA training-step speed of our encoder (``models/encoder.py``) vs transformers + peft.
 
-    python -m launch.bench_encoder --model DIR                  # a BERT/RoBERTa directory
-    python -m launch.bench_encoder --model DIR --data DIR --rank 8 --threads 2 --pairs 20
+    python -m launch.bench.encoder --model DIR                  # a BERT/RoBERTa directory
+    python -m launch.bench.encoder --model DIR --data DIR --rank 8 --threads 2 --pairs 20
 
 Both sides train the same thing on the same batch: LoRA on the six linear modules of every
 layer (query, key, value, attention output, intermediate, output; alpha 16, no dropout), a

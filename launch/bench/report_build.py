@@ -1,7 +1,7 @@
 """Combine analysed runs into one report: comparison, scaling, cut dtype, network simulation.
 
-Input: the dicts of ``launch.report.analyze_run``. Output: the ``report.json`` tree,
-which ``launch.report_md`` and ``launch.report_plots`` render. Simulated link time is
+Input: the dicts of ``launch.bench.report.analyze_run``. Output: the ``report.json`` tree,
+which ``launch.bench.report_md`` and ``launch.bench.report_plots`` render. Simulated link time is
 kept in its own fields (``link_s``), never added into a measured field.
 """
 
@@ -12,8 +12,8 @@ import platform
 import sys
 from typing import Any
 
-from launch import netsim
-from launch.report import E2E_TRAIN_EXAMPLES, bytes_per_round, is_main
+from launch.bench import netsim
+from launch.bench.report import E2E_TRAIN_EXAMPLES, bytes_per_round, is_main
 from runtime.split.shapes import DEFAULT_SHAPE, SHAPES
 
 SCHEMA = 1
