@@ -81,7 +81,7 @@ def run_server(cfg: Config, world: World, run_dir: Path, plan: RunPlan) -> dict[
     summary["server_memory"] = peak_memory(world.device, srv.part if srv is not None else None)
     if srv is not None:  # one update per client step (sequential) or per batch (batched)
         summary["server"] = {"mode": srv.mode.name, "updates": srv.steps}
-        if srv.decoding is not None:  # split inference served (runtime/split/inference.py)
+        if srv.decoding is not None and srv.decoding.opened:  # decoding served (runtime/split/inference.py)
             summary["server"]["decoding"] = srv.decoding.stats()
     summary["dropped_clients"] = {str(k): v for k, v in coord.dropped.items()}
     split_server.install(None)
