@@ -88,7 +88,7 @@ def decode_groups(model: Decodable, groups: list[MRGroup], decode: DecodeConfig,
     if share is not None:
         order = order[share[0]::share[1]]
     hyps: list[str | None] = [None if share else ""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="decode", unit="MR", file=sys.stderr, disable=not show_progress)
+    bar = tqdm(total=len(order), desc="decode", unit="MR", file=sys.stderr, disable=not show_progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = [prompts[i] for i in idx]
