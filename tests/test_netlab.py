@@ -189,9 +189,17 @@ def test_netcheck_rates():
 
     assert parse_rate("0") == (0.0, 0.0) and parse_rate("10/50") == (10.0, 50.0) and parse_rate("20") == (20.0, 20.0)
     assert [link_name(parse_rate(x)) for x in ("0", "5", "10/50")] == ["unshaped", "5", "10/50"]
-    for bad in ("10/0", "-1", "1/2/3"):
+    for bad in ("10/0", "-1", "1/2/3", "fast"):
         with pytest.raises(ValueError, match="UP/DOWN"):
             parse_rate(bad)
+
+
+def test_bench_link_rates_start_unshaped():
+    from launch.bench.links import job_name, parse_rates
+    from launch.bench.report import RunSpec
+
+    assert parse_rates("20,0,10/50") == [(0.0, 0.0), (20.0, 20.0), (10.0, 50.0)]  # the baseline once, first
+    assert job_name(RunSpec("splitlora", 2, shape="u"), (10.0, 50.0)) == "splitlora-n2-u-link-10-50"
 
 
 @skip_without_lab

@@ -184,6 +184,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.netlab_rates = parse_rates(a.netlab) if a.netlab else []
     except ValueError as e:
         ap.error(f"--netlab: {e}")
+    if a.netlab_rates:
+        from launch import netlab
+
+        netlab.check_tools()  # root and iproute2, before any job runs
     return a
 
 

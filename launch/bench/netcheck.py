@@ -38,7 +38,10 @@ def bytes_of(summary: dict[str, Any]) -> dict[str, float]:
 
 def parse_rate(spec: str) -> tuple[float, float]:
     """``R`` (R Mbit/s each way) or ``UP/DOWN`` -> (up, down) Mbit/s; 0 = unshaped."""
-    parts = [float(x) for x in spec.split("/")]
+    try:
+        parts = [float(x) for x in spec.split("/")]
+    except ValueError:
+        parts = []
     if len(parts) not in (1, 2) or any(x < 0 for x in parts) or (len(parts) == 2 and 0 in parts):
         raise ValueError(f"a rate is R or UP/DOWN Mbit/s (both > 0), got {spec!r}")
     return (parts[0], parts[-1])
