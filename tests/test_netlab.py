@@ -223,4 +223,7 @@ def test_the_latency_report_measures_over_emulated_links(tmp_path):
     assert five["cut_down_ms"] >= 0.85 * 1e3 * act * 8 / 5e6, five
     assert five["cut_up_ms"] >= 0.85 * 1e3 * act * 8 / 5e6, five
     assert rows["unshaped"]["cut_down_ms"] < 0.3 * five["cut_down_ms"]
+    # the same loss curve (round-robin order) reached later over the slow link
+    assert five["target_loss"] == rows["unshaped"]["target_loss"]
+    assert five["to_target_s"] > rows["unshaped"]["to_target_s"] and five["to_target_predicted_s"] > 0
     assert "## Measured over emulated links" in (out / "report.md").read_text()

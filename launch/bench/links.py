@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from launch import netlab
-from launch.bench.netcheck import link_name, parse_rate, predicted_extra_s
+from launch.bench import netsim
+from launch.bench.netcheck import link_cost_of, link_name, parse_rate
 from launch.bench.report import RunSpec, analyze_run
 from launch.jobs import JobError
 
 UNSHAPED = (0.0, 0.0)
+SMOOTH = 3  # steps of the trailing mean over the training loss (the latency report's default)
 
 
 def parse_rates(text: str) -> list[tuple[float, float]]:
@@ -67,11 +69,26 @@ def _median_ms(run: dict[str, Any], group: str) -> float | None:
     return g["median"] if g else None
 
 
+def _to_target(run: dict[str, Any], target: float) -> tuple[float, int] | None:
+    """(elapsed s, step) where the run's smoothed training loss first reaches ``target``."""
+    curve = run["curve"]
+    smoothed = netsim.smooth([c["loss"] for c in curve], SMOOTH)
+    hit = next((c for c, loss in zip(curve, smoothed) if loss <= target), None)
+    return None if hit is None else (hit["elapsed_s"], hit["step"])
+
+
 def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], warmup: int,
             every: int) -> list[dict[str, Any]]:
-    """Per job and rate: measured wall, the link's measured and predicted share, and the phases."""
+    """Per job and rate: measured wall, the link's measured and predicted share, the phases, and
+    the time to a target training loss (the best smoothed loss every rate of the job reaches),
+    measured over the link beside the unshaped run's time plus netsim's link time to that step."""
     import json
 
+    analyzed = {key: analyze_run(d, spec, warmup) for key, (d, spec) in runs.items()}
+    targets: dict[str, float] = {}
+    for (run_id, _), run in analyzed.items():
+        best = min(netsim.smooth([c["loss"] for c in run["curve"]], SMOOTH))
+        targets[run_id] = max(targets.get(run_id, best), best)
     rows = []
     for (run_id, rate), (d, spec) in runs.items():
         base = runs.get((run_id, UNSHAPED))
@@ -79,16 +96,20 @@ def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], w
             continue
         summary = json.loads((d / "summary.json").read_text())
         base_summary = json.loads((base[0] / "summary.json").read_text())
-        run = analyze_run(d, spec, warmup)
+        run = analyzed[(run_id, rate)]
         extra = summary["wall_s"] - base_summary["wall_s"]
-        predicted = predicted_extra_s(base_summary, spec.method, rate, every, spec.shape)
+        cost = link_cost_of(base_summary, rate, every, spec.shape)
+        predicted = cost.whole_run(base_summary["local_steps"])
         collective = run["aggregation"]["collective_ms"]
+        hit, base_hit = _to_target(run, targets[run_id]), _to_target(analyzed[(run_id, UNSHAPED)], targets[run_id])
         rows.append({"run": run_id, "link": link_name(rate), "rate": list(rate), "wall_s": summary["wall_s"],
                      "measured_extra_s": extra, "predicted_extra_s": predicted,
                      "measured_over_predicted": extra / predicted if predicted > 0 else None,
                      "step_ms": run["step_ms"]["median"], "cut_up_ms": _median_ms(run, "cut up"),
                      "cut_down_ms": _median_ms(run, "cut down"),
                      "aggregation_ms": collective["median"] if collective else None,
+                     "target_loss": targets[run_id], "to_target_s": None if hit is None else hit[0],
+                     "to_target_predicted_s": None if base_hit is None else base_hit[0] + cost.up_to(base_hit[1]),
                      "val_loss": summary.get("val_loss")})
     return rows
 
@@ -127,15 +148,23 @@ def links_section(rows: list[dict[str, Any]]) -> list[str]:
              "client's uplink and downlink shaped to the rate, tensor bytes through the transport. *Measured "
              "extra* = training wall time minus the unshaped run's (same namespaces, no limit); *netsim extra* = "
              "the link model's prediction from the unshaped run's bytes, round-trip time 0 (not emulated "
-             "here). Phases are medians over the clients' steps after the warm-up.", ""]
-    lines += ["| run | link (Mbit/s) | training wall (s) | measured extra (s) | netsim extra (s) | measured / netsim "
-              "| step ms | cut up ms | cut down ms | aggregation ms |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "here). Phases are medians over the clients' steps after the warm-up. *To target*: when the "
+             "smoothed training loss first reaches the best level every rate of the job reaches, measured over "
+             "the link, beside the unshaped run's time to it plus netsim's link time up to that step.", ""]
+    lines += ["| run | link (Mbit/s) | training wall (s) | measured extra (s) | netsim extra (s) "
+              "| measured / netsim | step ms | cut up ms | cut down ms | aggregation ms | to target: measured (s) "
+              "| unshaped + netsim (s) |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def s(x: float | None) -> str:
+        return "—" if x is None else f"{x:.1f}"
+
     for r in rows:
         ratio = "—" if r["measured_over_predicted"] is None else f"{r['measured_over_predicted']:.2f}"
         lines.append(f"| {r['run']} | {r['link']} | {r['wall_s']:.1f} | {r['measured_extra_s']:.1f} | "
                      f"{r['predicted_extra_s']:.1f} | {ratio} | {ms(r['step_ms'])} | {ms(r['cut_up_ms'])} | "
-                     f"{ms(r['cut_down_ms'])} | {ms(r['aggregation_ms'])} |")
+                     f"{ms(r['cut_down_ms'])} | {ms(r['aggregation_ms'])} | {s(r['to_target_s'])} | "
+                     f"{s(r['to_target_predicted_s'])} |")
     if ratios:
         lines += ["", f"Measured / netsim where netsim predicts at least 0.5 s: median "
                       f"{statistics.median(ratios):.2f}, range {min(ratios):.2f}–{max(ratios):.2f} "

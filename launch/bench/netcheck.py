@@ -52,18 +52,23 @@ def link_name(rate: tuple[float, float]) -> str:
     return "unshaped" if up == 0 else (f"{up:g}" if up == down else f"{up:g}/{down:g}")
 
 
-def predicted_extra_s(summary: dict[str, Any], method: str, rate: float | tuple[float, float], every: int,
-                      shape: str) -> float:
-    """netsim's link seconds for the whole run of ``summary`` on ``rate`` Mbit/s (each way, or (up,
-    down)), RTT 0."""
+def link_cost_of(summary: dict[str, Any], rate: float | tuple[float, float], every: int,
+                 shape: str) -> netsim.LinkCost:
+    """netsim's link cost of the run of ``summary`` (its bytes) on ``rate`` Mbit/s (each way, or
+    (up, down); 0: none), RTT 0."""
     up, down = rate if isinstance(rate, tuple) else (rate, rate)
     if up <= 0:
-        return 0.0
+        return netsim.LinkCost(0.0, 0.0, every)
     b = bytes_of(summary)
     profile = netsim.LinkProfile(f"{up:g}/{down:g} Mbit/s", up, down, 0.0)
-    cost = netsim.link_cost(profile, summary["method"], summary["n_clients"], b["up"], b["down"], b["payload"],
+    return netsim.link_cost(profile, summary["method"], summary["n_clients"], b["up"], b["down"], b["payload"],
                             every, shape=shape)
-    return cost.whole_run(summary["local_steps"])
+
+
+def predicted_extra_s(summary: dict[str, Any], method: str, rate: float | tuple[float, float], every: int,
+                      shape: str) -> float:
+    """netsim's link seconds for the whole run of ``summary`` on ``rate`` Mbit/s, RTT 0."""
+    return link_cost_of(summary, rate, every, shape).whole_run(summary["local_steps"])
 
 
 def one_run(name: str, rate: tuple[float, float], n_nodes: int, train_args: list[str], out: Path) -> dict[str, Any]:
