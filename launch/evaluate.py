@@ -130,16 +130,13 @@ def _through_split(a: argparse.Namespace, cfg: Any, run: Path) -> int:
     if "WORLD_SIZE" in os.environ:
         record = _split_rank(a, cfg, run)
         return 0 if record is None else _report(record)
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from launch.spawn import free_port
+
     results = mp.Manager().dict()
     try:
-        mp.spawn(_spawned_rank, args=(a, port, results), nprocs=2, join=True)
+        mp.spawn(_spawned_rank, args=(a, free_port(), results), nprocs=2, join=True)
     except mp.ProcessRaisedException as exc:  # the failing rank's traceback is in the message
         print(f"splitlora-evaluate: error: a rank failed:\n{exc}", file=sys.stderr)
         return 1

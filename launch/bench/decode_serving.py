@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import time
 
 import torch
@@ -29,7 +27,8 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 import torch.multiprocessing as mp
 
-from launch.bench.split_decode import build, parts, prompts_for
+from launch.bench.split_decode import build, parts, prompts_for, write_rows
+from launch.spawn import free_port
 from models.generate import DecodeConfig, beam_search
 
 MODES = ("sequential", "batched")
@@ -144,10 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        ports = (a.getsockname()[1], b.getsockname()[1])
+    ports = (free_port(), free_port())  # RPC, and the clients' barrier group
+    while ports[1] == ports[0]:
+        ports = (ports[0], free_port())
     results = mp.Manager().dict()
     mp.spawn(worker, args=(args, ports, results), nprocs=args.clients + 1, join=True)
     rows = results["rows"]
@@ -158,10 +156,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['tokens_per_s_batched']:8.1f} {r['batched_over_sequential']:6.2f} {r['mean_batch']:13.2f} "
               f"{str(r['equal_tokens']):>5}")
     if args.json:
-        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                "torch": torch.__version__, "args": vars(args), "load_before": os.getloadavg()}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        write_rows(args.json, args, rows, load_before=os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ aggregation's collective time, measured. Needs root (as ``launch.netlab``).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -82,8 +83,6 @@ def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], w
     """Per job and rate: measured wall, the link's measured and predicted share, the phases, and
     the time to a target training loss (the best smoothed loss every rate of the job reaches),
     measured over the link beside the unshaped run's time plus netsim's link time to that step."""
-    import json
-
     analyzed = {key: analyze_run(d, spec, warmup) for key, (d, spec) in runs.items()}
     targets: dict[str, float] = {}
     for (run_id, _), run in analyzed.items():

@@ -22,13 +22,13 @@ import copy
 import json
 import os
 import platform
-import socket
 import time
 
 import torch
 import torch.distributed.rpc as rpc
 import torch.multiprocessing as mp
 
+from launch.spawn import free_port
 from models.generate import DecodeConfig, beam_search
 from models.gpt2 import GPT2, build_config
 from models.lora import LoRAConfig, apply_lora, iter_lora_adapters, merge_lora
@@ -151,11 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(worker, args=(args, port, results), nprocs=2, join=True)
+    mp.spawn(worker, args=(args, free_port(), results), nprocs=2, join=True)
     rows = results["rows"]
     print(f"{'model':6} {'shape':8} {'tok/s split':>11} {'whole':>7} {'merged':>7} {'up B/tok':>9} "
           f"{'down B/tok':>10} {'RT/tok':>6} {'equal':>5}")
@@ -164,10 +161,15 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['tokens_per_s_whole_merged']:7.1f} {r['bytes_up_per_token']:9.0f} {r['bytes_down_per_token']:10.0f} "
               f"{r['round_trips_per_token']:6.2f} {str(r['equal_to_whole_unmerged']):>5}")
     if args.json:
-        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                "torch": torch.__version__, "args": vars(args)}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        write_rows(args.json, args, rows)
+
+
+def write_rows(path: str, args: argparse.Namespace, rows: list[dict], **meta: object) -> None:
+    """A benchmark's rows as JSON, with the machine, torch and the arguments."""
+    head = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "args": vars(args), **meta}
+    with open(path, "w") as f:
+        json.dump({"meta": head, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
