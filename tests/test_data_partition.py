@@ -215,7 +215,36 @@ def test_pathological_needs_enough_items_and_works_on_e2e(train_mrs):
     _check_exact_cover(parts, len(train_mrs))
 
 
-@pytest.mark.parametrize("scheme", ["dirichlet:0.5", "pathological", "pathological:2"])
+def test_pairs_is_lora_a2s_rule():
+    # 4 classes x 10 items, 4 clients: clients 0 and 1 share classes 0 and 1, half each; 2 and 3 the rest.
+    items = _labelled(4, 10)
+    parts = partition(items, 4, "pairs", seed=5)
+    _check_exact_cover(parts, 40)
+    hists = describe_partition(parts, items)["histograms"]
+    assert hists == [{"intent_00": 5, "intent_01": 5}] * 2 + [{"intent_02": 5, "intent_03": 5}] * 2
+    other = partition(items, 4, "pairs", seed=6)  # the seed picks which half, not which classes
+    assert other != parts and describe_partition(other, items)["histograms"] == hists
+
+
+def test_pairs_deals_many_classes_to_pairs_in_turn(intents):
+    parts = partition(intents, 30, "pairs", seed=0)
+    _check_exact_cover(parts, len(intents))
+    hists = describe_partition(parts, intents)["histograms"]
+    for k, h in enumerate(hists):  # 0-based class c goes to pair (c // 2) mod 15, 20 items to each client
+        assert sorted(h) == [f"intent_{c:02d}" for c in range(77) if (c // 2) % 15 == k // 2]
+        assert set(h.values()) == {20}
+    assert hists[0] == hists[1] and len(hists[0]) == 6 and len(hists[29]) == 4  # 77 classes over 15 pairs
+
+
+@pytest.mark.parametrize("n_clients, n_classes", [(3, 6), (4, 3)])
+def test_pairs_needs_even_clients_and_enough_classes(n_clients, n_classes):
+    with pytest.raises(ValueError, match="even number of clients and at least as many classes"):
+        partition(_labelled(n_classes, 4), n_clients, "pairs", seed=0)
+    with pytest.raises(ValueError, match="no parameters"):
+        parse_scheme("pairs:2")
+
+
+@pytest.mark.parametrize("scheme", ["dirichlet:0.5", "pathological", "pathological:2", "pairs"])
 def test_label_schemes_refuse_a_bare_count(scheme):
     with pytest.raises(ValueError, match="label"):
         partition(100, 4, scheme)

@@ -79,8 +79,8 @@ def arms(kind: str, r: int, global_rank: int, clients: int, hetero: list[int],
 
 
 def partition(skew: str) -> str:
-    """``0.01`` -> ``dirichlet:0.01``; ``pathological[:k]`` and ``iid`` as they are."""
-    return skew if skew.startswith(("pathological", "iid")) else f"dirichlet:{float(skew)}"
+    """``0.01`` -> ``dirichlet:0.01``; ``pathological[:k]``, ``pairs`` and ``iid`` as they are."""
+    return skew if skew.startswith(("pathological", "iid", "pairs")) else f"dirichlet:{float(skew)}"
 
 
 def run_args(a: argparse.Namespace, arm_args: list[str], skew: str, seed: int) -> list[str]:
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--client-ranks", type=int, default=0,
                     help="client processes hosting the clients (0: one per client); the same run on any number")
     ap.add_argument("--ranks", default="1,8")
-    ap.add_argument("--skews", default="0.5,0.01", help="Dirichlet alphas, pathological[:k] or iid, comma list")
+    ap.add_argument("--skews", default="0.5,0.01", help="Dirichlet alphas, pathological[:k], pairs or iid, comma list")
     ap.add_argument("--seeds", default="110")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steps-per-round", type=int, default=20)

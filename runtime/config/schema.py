@@ -103,7 +103,7 @@ class DataConfig:
     task: str = "finetune"
     seq_len: int = 512  # examples longer than this are truncated
     pad_to_seq_len: bool = False  # True: pad every batch to seq_len (like-for-like with the reference)
-    # iid, contiguous, dirichlet:<alpha>[:<attribute>] (classify: over labels), pathological[:<classes>]
+    # iid, contiguous, dirichlet:<alpha>[:<attribute>] (classify: over labels), pathological[:<classes>], pairs
     partition: str = "iid"
     max_train_examples: int = 0  # 0 = all; >0 keeps the first k (smoke runs)
     # validation examples for the loss at the end (0 = none); classify: always the whole test split

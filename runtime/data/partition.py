@@ -24,6 +24,13 @@ Schemes (strings, as they appear in configs):
     a boundary. LoRA-A2 (arXiv 2410.22815) also reports a "pathological" split, but its
     exact rule (appendix table) was not retrievable and its code is not public, so this
     is the common definition it builds on, not a verified copy of the paper's.
+``pairs``
+    LoRA-A2's pathological split as its Table 7 states it (arXiv 2410.22815): clients
+    2k-1 and 2k share classes 2k-1 and 2k, each holding half of each class's items (a
+    seeded half). Classes in sorted order; with more classes than clients, the classes
+    are dealt to the client pairs two at a time, in turn (0-based class c goes to pair
+    (c // 2) mod (n_clients // 2)), so every item is assigned. Needs an even number of
+    clients and at least as many classes.
 
 Every item is assigned exactly once and every client gets at least one item; fewer items
 than clients is a ``ValueError``. Label-based schemes on the same items in the same order
@@ -41,7 +48,7 @@ import numpy as np
 
 from runtime.data.e2e import context_attributes, mr_attributes
 
-SCHEMES = ("iid", "contiguous", "dirichlet:<alpha>[:<attribute>]", "pathological[:<classes_per_client>]")
+SCHEMES = ("iid", "contiguous", "dirichlet:<alpha>[:<attribute>]", "pathological[:<classes_per_client>]", "pairs")
 DEFAULT_ATTRIBUTE = "eatType"
 DEFAULT_SHARDS = 2  # shards (~ classes) per client of the pathological split
 LABEL = "label"  # the "attribute" describe_partition reports for labelled items
@@ -52,7 +59,7 @@ MISSING = "none"
 class Scheme:
     """A parsed partition scheme."""
 
-    kind: str  # "iid" | "contiguous" | "dirichlet" | "pathological"
+    kind: str  # "iid" | "contiguous" | "dirichlet" | "pathological" | "pairs"
     alpha: float | None = None
     attribute: str = DEFAULT_ATTRIBUTE
     classes_per_client: int | None = None  # pathological: shards per client
@@ -65,7 +72,7 @@ def parse_scheme(scheme: str) -> Scheme:
         raise ValueError(f"partition scheme must be a non-empty string, one of {SCHEMES}; got {scheme!r}")
     parts = scheme.strip().split(":")
     kind = parts[0].lower()
-    if kind in ("iid", "contiguous"):
+    if kind in ("iid", "contiguous", "pairs"):
         if len(parts) != 1:
             raise ValueError(f"partition scheme {kind!r} takes no parameters; got {scheme!r}")
         return Scheme(kind)
@@ -166,6 +173,8 @@ def partition(data: int | Sequence, n_clients: int, scheme: str = "iid", seed: i
     keys = _class_keys(data, spec.attribute)
     if spec.kind == "pathological":
         return _pathological(keys, n_clients, spec.classes_per_client or DEFAULT_SHARDS, rng)
+    if spec.kind == "pairs":
+        return _pairs(keys, n_clients, rng)
     return _dirichlet(keys, n_clients, spec.alpha, rng)
 
 
@@ -216,6 +225,24 @@ def _pathological(cats: Sequence[Hashable], n_clients: int, shards_per_client: i
     return [sorted(int(i) for j in range(k * shards_per_client, (k + 1) * shards_per_client)
                    for i in shards[owner[j]])
             for k in range(n_clients)]
+
+
+def _pairs(cats: Sequence[Hashable], n_clients: int, rng: np.random.Generator) -> list[list[int]]:
+    by_cat = _by_class(cats)
+    if n_clients % 2 or len(by_cat) < n_clients:
+        raise ValueError(f"pairs needs an even number of clients and at least as many classes; got {n_clients} "
+                         f"clients and {len(by_cat)} classes")
+    clients: list[list[int]] = [[] for _ in range(n_clients)]
+    for c, cat in enumerate(sorted(by_cat)):
+        pair = (c // 2) % (n_clients // 2)
+        idx = np.array(by_cat[cat])
+        rng.shuffle(idx)
+        first, second = np.array_split(idx, 2)  # a class of one item goes whole to the first client
+        clients[2 * pair].extend(int(i) for i in first)
+        clients[2 * pair + 1].extend(int(i) for i in second)
+    if empty := [k for k, c in enumerate(clients) if not c]:
+        raise ValueError(f"pairs leaves clients {empty} without items: their classes have one item each")
+    return [sorted(c) for c in clients]
 
 
 def describe_partition(parts: Sequence[Sequence[int]], data: Sequence | None = None,
