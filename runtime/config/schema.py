@@ -304,8 +304,9 @@ class EvalConfig:
     max_mrs: int = 0  # 0 = every MR of the split
     meteor: bool = True  # score METEOR too (needs Java)
     samples: int = 0  # at the end, decode (greedy) and print this many validation MRs' texts
-    # classify: test accuracy / macro-F1 every this many local steps (after that step's aggregation),
-    # recorded as "test" in metrics.jsonl; 0 = at the end only (always scored for a classifier)
+    # every this many local steps (after that step's aggregation): a classifier's test accuracy /
+    # macro-F1 ("test" in metrics.jsonl), a language model's validation loss ("val"; SplitLoRA: through
+    # the split, training paused meanwhile); 0 = at the end only
     every: int = 0
     # splitlora: the first client assembles the whole model (its part + the server's adapters) for the
     # validation loss and the scores; default: both run through the split, each party on its own part

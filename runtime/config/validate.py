@@ -99,8 +99,14 @@ def _check_population(cfg: Config, world_size: int) -> int:
 def _check_classify(cfg: Config) -> None:
     """What a classification run refuses before it starts (the model's architecture is checked in
     runtime.build.check_model_fits_task)."""
+    if cfg.eval.every:
+        _check(cfg.data.task != "pretrain", "eval.every applies to fine-tuning (data.task=finetune|classify)")
+        _check(cfg.method == "cenlora" or cfg.eval.every % cfg.fed.aggregate_every == 0,
+               f"eval.every ({cfg.eval.every}) must be a multiple of fed.aggregate_every "
+               f"({cfg.fed.aggregate_every}): the model evaluated is the aggregated one")
     if cfg.data.task != "classify":
-        _check(cfg.eval.every == 0, "eval.every (test scores during training) applies to data.task=classify")
+        _check(cfg.eval.every == 0 or cfg.data.max_eval_examples > 0,
+               "eval.every records the validation loss: data.max_eval_examples must be > 0")
         _check(not cfg.model.train_head, "model.train_head applies to an encoder's classification head "
                                          "(data.task=classify)")
         return
@@ -108,11 +114,8 @@ def _check_classify(cfg: Config) -> None:
            "eval.at_end / eval.samples decode E2E texts; a classifier is scored on the test split at the end anyway")
     _check(cfg.train.finetune == "lora", "data.task=classify fine-tunes LoRA adapters (train.finetune=lora)")
     if cfg.eval.every:
-        _check(cfg.method != "splitlora", "eval.every needs the whole model on one rank: cenlora or fedlora "
-                                          "(a SplitLoRA client holds only its part)")
-        _check(cfg.method == "cenlora" or cfg.eval.every % cfg.fed.aggregate_every == 0,
-               f"eval.every ({cfg.eval.every}) must be a multiple of fed.aggregate_every "
-               f"({cfg.fed.aggregate_every}): the test scores are of the aggregated model")
+        _check(cfg.method != "splitlora", "eval.every for a classifier needs the whole model on one rank: "
+                                          "cenlora or fedlora (a SplitLoRA client holds only its part)")
 
 
 def _check_lora_layers(cfg: Config, world_size: int, n_layer: int) -> None:

@@ -32,6 +32,7 @@ class Coordinator:
         self.watchdog = None  # told when a client finishes, so its exit is not a failure
         self.dropped: dict[int, dict[str, Any]] = {}
         self.last_step: dict[int, int] = {}
+        self.scores: dict[str, str] = {}  # the latest eval.every figure, beside the loss
         self.bar = tqdm(total=total_steps, desc="train", unit="step", file=sys.stderr,
                         disable=not show_progress, dynamic_ncols=True)
 
@@ -39,15 +40,20 @@ class Coordinator:
         with self._lock:
             for rec in records:
                 self.writer.write(rec)
-                if "loss" in rec and "client" in rec:
+                kind = rec.get("kind")
+                if kind == "step" and "loss" in rec and "client" in rec:
                     self.last_loss[rec["client"]] = rec["loss"]
                     self.last_step[rec["client"]] = rec.get("step", 0)
+                elif kind == "val" and rec.get("val_loss") is not None:  # eval.every
+                    self.scores = {"val": f"{rec['val_loss']:.4f}"}
+                elif kind == "test" and rec.get("accuracy") is not None:
+                    self.scores = {"acc": f"{rec['accuracy']:.4f}"}
             steps = sum(1 for r in records if r.get("kind") == "step")
             if steps:
                 self.bar.update(steps)
                 if self.last_loss:
                     mean = sum(self.last_loss.values()) / len(self.last_loss)
-                    self.bar.set_postfix(loss=f"{mean:.4f}")
+                    self.bar.set_postfix(loss=f"{mean:.4f}", **self.scores)
 
     def finish(self, client: int, summary: dict[str, Any]) -> None:
         if self.watchdog is not None:

@@ -4,9 +4,9 @@ Every record the run writes to ``metrics.jsonl`` is mirrored as scalars, keyed b
 client's own step: ``loss/client<k>``, ``lr/client<k>``, ``tokens_per_s/client<k>``,
 ``phase_s/<phase>/client<k>``, ``cut_bytes/{up,down}/client<k>``,
 ``aggregation/{up,down}_bytes/client<k>``, ``eval/val_loss`` and, with ``--eval.at_end``,
-``eval/BLEU`` ... ``eval/CIDEr``; a classifier's ``test/{accuracy,macro_f1,loss}`` during
-training (``eval.every``) and ``eval/{accuracy,macro_f1,loss}`` at the end. ``tensorboard --logdir runs``
-then shows every run.
+``eval/BLEU`` ... ``eval/CIDEr``; ``val/loss`` during training (``eval.every``); a classifier's
+``test/{accuracy,macro_f1,loss}`` during training (``eval.every``) and
+``eval/{accuracy,macro_f1,loss}`` at the end. ``tensorboard --logdir runs`` then shows every run.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class _Mirror:
                        f"aggregation/down_bytes/{who}": rec.get("down_bytes"), f"aggregation/s/{who}": rec.get("time")}
         elif kind == "eval":
             scalars = {"eval/val_loss": rec.get("val_loss")}
+        elif kind == "val":  # a language model's validation loss during training (eval.every)
+            scalars = {"val/loss": rec.get("val_loss")}
         elif kind == "test":  # a classifier's test scores during training (eval.every)
             scalars = {f"test/{k}": rec.get(k) for k in ("accuracy", "macro_f1", "loss")}
         elif kind == "scores":  # E2E metrics of --eval.at_end; a classifier's test scores at the end

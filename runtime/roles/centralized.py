@@ -24,7 +24,7 @@ from runtime.io.artifacts import save_model
 from runtime.io.checkpoint import RoleCheckpoint, mark_latest
 from runtime.io.telemetry import MetricsWriter, now, peak_memory
 from runtime.optim import build_optimizer, build_scheduler
-from runtime.roles.common import final_eval, run_summary, test_due, test_record
+from runtime.roles.common import eval_due, eval_record, final_eval, run_summary
 from runtime.steps import Stepper
 
 
@@ -57,8 +57,8 @@ def run_cenlora(cfg: Config, run_dir: Path, device: torch.device, start_step: in
         rec["tokens_per_s"] = tokens / rec["step_time"]
         records.append(rec)
         coord.log([rec])
-        if test_due(cfg, step + 1):
-            coord.log([test_record(model, data, device, step + 1)])
+        if eval_due(cfg, step + 1):
+            coord.log([eval_record(model, data, device, step + 1)])
         if plan.checkpoint_due(cfg, step + 1):
             checkpoint.save(step + 1, trained_state(model, cfg), opt, stepper.sched)
             mark_latest(run_dir, step + 1)

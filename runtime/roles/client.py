@@ -34,7 +34,7 @@ from runtime.inputs import ClientData, RunPlan
 from runtime.io.artifacts import save_model
 from runtime.io.checkpoint import CheckpointError, load_rank, save_rank, set_rng_state
 from runtime.io.telemetry import now, peak_memory
-from runtime.roles.common import LOG_FLUSH, evaluate_at_end, final_eval, maybe_inject_fault, test_due, test_record
+from runtime.roles.common import LOG_FLUSH, eval_due, eval_record, evaluate_at_end, final_eval, maybe_inject_fault
 from runtime.split import server as split_server
 from runtime.split.cut import CutCodec
 from runtime.split.inference import SplitModel
@@ -170,9 +170,8 @@ class ClientRun:
                 buffer.append(rec)
             if step % every == 0 or step == plan.local_steps:
                 buffer.extend(self._aggregate(step, round_idx, participants))
-            if test_due(self.cfg, step) and rank == self.live[0]:
-                buffer.append(test_record(self.global_view(), self.first.data, self.world.device, step, self.rounds,
-                                          client=rank))
+            if eval_due(self.cfg, step) and rank == self.live[0]:
+                buffer.append(self.eval_record(step))
             if len(buffer) >= LOG_FLUSH:
                 pending.append(rpc.rpc_async(SERVER, coordinator.coord_log, args=(buffer,)))
                 buffer = []
@@ -248,6 +247,23 @@ class ClientRun:
                 "memory_final": peak_memory(world.device), "split_inference": inference,
                 "hosted": {str(c.index + 1): c.summary() for c in self.clients}, "records": records}
 
+    def eval_record(self, step: int) -> dict[str, Any]:
+        """``eval.every``'s record of the model as it is after this step's aggregation: the whole model
+        (FedLoRA, or SplitLoRA under ``eval.whole_model``) or through the split (the server holds its
+        part for it, so no client's step runs meanwhile); the cut's bytes of a split validation beside."""
+        if not self.split_inference:
+            model = self.global_view() if self.shape is None else \
+                assemble_whole_model(self.cfg, self.global_view(), self.cut).to(self.world.device)
+            return eval_record(model, self.first.data, self.world.device, step, self.rounds, client=self.world.rank)
+        return eval_record(self.split_model(), self.first.data, self.world.device, step, self.rounds,
+                           client=self.world.rank)
+
+    def split_model(self) -> SplitModel:
+        """This rank's part (holding the global state) as a model whose server half runs on the server."""
+        part = self.global_view()  # catches the first client up once
+        return SplitModel(self.shape, part, SERVER, self.world.rank, self.codec, self.cut,
+                          head_cut(self.cfg, part.config.n_layer))
+
     def evaluate(self) -> tuple[float | None, dict | None, dict | None]:
         """The validation loss and scores of the trained model: SplitLoRA through the split (this rank's
         part here, the server's there) unless ``eval.whole_model``; FedLoRA on the whole model it holds.
@@ -256,9 +272,7 @@ class ClientRun:
         if not self.split_inference:
             batches = self.first.data.eval_batches()
             return (*final_eval(cfg, self.whole_model().to(device), batches, self.run_dir, device), None)
-        part = self.global_view()  # catches the first client up once
-        model = SplitModel(self.shape, part, SERVER, self.world.rank, self.codec, self.cut,
-                           head_cut(cfg, part.config.n_layer))
+        model = self.split_model()
         share = self.decode_share()
         if share is not None and not share.scores:
             evaluate_at_end(cfg, model, self.run_dir, device, share)

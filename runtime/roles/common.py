@@ -133,21 +133,27 @@ def decodable(model: torch.nn.Module | SplitModel) -> torch.nn.Module | list:
     return copy.deepcopy(model)
 
 
-def test_due(cfg: Config, step: int) -> bool:
-    """A classifier's test scores are recorded every ``eval.every`` steps (after that step's aggregation)."""
-    return cfg.data.task == "classify" and cfg.eval.every > 0 and step % cfg.eval.every == 0
+def eval_due(cfg: Config, step: int) -> bool:
+    """``eval.every``: a classifier's test scores or a language model's validation loss are recorded
+    every so many steps (after that step's aggregation)."""
+    return cfg.eval.every > 0 and step % cfg.eval.every == 0
 
 
-def test_record(model: torch.nn.Module, data: Any, device: torch.device, step: int, rounds: int = 0,
-                client: int = 0) -> dict[str, Any]:
-    """The ``test`` metrics record of a whole classifier at ``step`` (accuracy per round for the plots),
-    scored by ``client`` (0: cenlora)."""
-    from runtime.classify_eval import classify_scores
-
+def eval_record(model: torch.nn.Module | SplitModel, data: Any, device: torch.device, step: int,
+                rounds: int = 0, client: int = 0) -> dict[str, Any]:
+    """The metrics record of ``eval.every`` at ``step``, scored by ``client`` (0: cenlora): ``test``
+    (a whole classifier's test loss, accuracy, macro-F1) or ``val`` (the masked NLL on the validation
+    examples; ``model`` may be a client's ``SplitModel``). ``eval_s``: the seconds it took, so that
+    training time can be told from evaluation time."""
     t0 = now()
-    scores = classify_scores(model, data.eval_batches(), device) or {}
-    return {"kind": "test", "client": client, "step": step, "round": rounds, "t": time.time(),
-            "eval_s": now() - t0, **scores}
+    if getattr(model, "is_classifier", False):
+        from runtime.classify_eval import classify_scores
+
+        kind, scores = "test", classify_scores(model, data.eval_batches(), device) or {}
+    else:
+        kind, scores = "val", {"val_loss": eval_loss(model, data.eval_batches(), device)}
+    return {"kind": kind, "client": client, "step": step, "round": rounds, "t": time.time(), "eval_s": now() - t0,
+            **scores}
 
 
 def phase_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

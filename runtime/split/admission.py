@@ -10,12 +10,18 @@ and the step themselves run in RPC threads, as before.
 
 A request that waits longer than ``timeout`` fails with TimeoutError; a client taken out
 of the rotation (``retire``) fails its waiting request, if any.
+
+``hold()`` lends the server part to something other than training (validation and decoding
+through the split): it waits until no client's step is open and admits no one meanwhile, so
+a validation during training (``eval.every``) never meets a half-done step or switches
+dropout off under another client's forward.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +50,8 @@ class Admission:
         self.turn = 0  # index into self.active (round_robin only)
         self.waiting: dict[int, _Request] = {}  # at most one request per client
         self.closed = False
+        self.running = False  # the admission thread is running admitted work (outside the lock)
+        self.held = False  # hold(): the part is lent out, nobody is admitted
         self.thread = threading.Thread(target=self._serve, name="split-server-admission", daemon=True)
         self.thread.start()
 
@@ -94,6 +102,23 @@ class Admission:
             self.closed = True
             self.cond.notify_all()
 
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """The server part for other work: waits (up to ``timeout``) until no step is open, then
+        admits no client until the block ends."""
+        with self.cond:
+            free = self.cond.wait_for(lambda: self.closed or not (self.held or self.running or self.busy is not None),
+                                      timeout=self.timeout)
+            if not free:
+                raise TimeoutError(f"server: the part stayed busy > {self.timeout:.0f}s (client {self.busy})")
+            self.held = True
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.held = False
+                self.cond.notify_all()
+
     # -- the server thread -------------------------------------------------------------
     def _next(self) -> int | None:
         if self.busy is not None or not self.waiting:
@@ -140,16 +165,23 @@ class Admission:
     def _serve(self) -> None:
         while True:
             with self.cond:
-                self.cond.wait_for(lambda: self.closed or bool(self._take_ready()), timeout=self._wait_s())
+                self.cond.wait_for(lambda: self.closed or (not self.held and self._take_ready()),
+                                   timeout=self._wait_s())
                 if self.closed:
                     for request in self.waiting.values():
                         request.future.set_exception(RuntimeError("the server is shutting down"))
                     self.waiting.clear()
                     return
                 self._expire()
-                taken = self._take()
+                taken = [] if self.held else self._take()
+                self.running = bool(taken)
             if taken:
-                self._run(taken)
+                try:
+                    self._run(taken)
+                finally:
+                    with self.cond:
+                        self.running = False
+                        self.cond.notify_all()
 
     def _take_ready(self) -> bool:
         return self._next() is not None

@@ -82,7 +82,7 @@ class ServerDecoding:
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[nn.Module]:
-        with self.lock, torch.inference_mode(), eval_mode(self.server.part):
+        with self.lock, self.server.hold(), torch.inference_mode(), eval_mode(self.server.part):
             yield self.server.part
 
     def open(self, client: int, session: int, max_rows: int, capacity: int, k: int, penalty: float) -> None:

@@ -31,6 +31,7 @@ dispatches to its serving mode (``runtime/split/serving.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ class SplitServer:
             self.mode = BatchedServing(part, optimizer, scheduler, **common,
                                        first_block=next(iter(self.cuts.values()), 0), window_s=batching.window_s,
                                        max_clients=batching.max_clients, on_batch=batching.on_batch)
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """The part for work other than training (validation, decoding): no step open meanwhile."""
+        return self.mode.admission.hold()
 
     @property
     def steps(self) -> int:
@@ -174,4 +179,6 @@ def server_step(client: int, context_id: int, apply: bool = True) -> ServerTimin
 
 
 def server_lora_state() -> dict[str, torch.Tensor]:
-    return _get().lora_state()
+    server = _get()
+    with server.hold():  # during training (eval.every): between steps, never mid-update
+        return server.lora_state()

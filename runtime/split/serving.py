@@ -46,6 +46,7 @@ class ServingMode:
 
     name = ""
     updates = 0
+    admission: Admission  # who is served next; ``hold()`` lends the part to validation and decoding
 
     def forward_loss(self, client: int, h: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor,
                      update: bool, first_block: int) -> torch.futures.Future:
