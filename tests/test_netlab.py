@@ -227,3 +227,52 @@ def test_the_latency_report_measures_over_emulated_links(tmp_path):
     assert five["target_loss"] == rows["unshaped"]["target_loss"]
     assert five["to_target_s"] > rows["unshaped"]["to_target_s"] and five["to_target_predicted_s"] > 0
     assert "## Measured over emulated links" in (out / "report.md").read_text()
+
+
+def _records(t0: float, val_losses: list[float], step_s: float, eval_s: float) -> list[dict]:
+    """Two clients' steps 1..4 of ``step_s`` each, a validation after steps 2 and 4 that pauses both."""
+    recs, t = [], t0
+    for step in range(1, 5):
+        t += step_s
+        recs += [{"kind": "step", "client": c, "step": step, "t": t, "step_time": step_s, "loss": 5.0 - step}
+                 for c in (1, 2)]
+        if step % 2 == 0:
+            t += eval_s
+            recs.append({"kind": "val", "client": 1, "step": step, "t": t, "eval_s": eval_s,
+                         "val_loss": val_losses[step // 2 - 1]})
+    return recs
+
+
+def test_training_time_leaves_the_validations_out():
+    from launch.bench.report import _curve, eval_pauses, val_curve, val_targets, val_to_target
+
+    recs = _records(100.0, [3.0, 2.0], step_s=1.0, eval_s=10.0)
+    curve = _curve([r for r in recs if r["kind"] == "step"], eval_pauses(recs))
+    assert [c["elapsed_s"] for c in curve] == pytest.approx([1.0, 2.0, 3.0, 4.0])  # 10-s pauses gone
+    vals = val_curve(recs)
+    assert [(v["step"], v["val_loss"]) for v in vals] == [(2, 3.0), (4, 2.0)]
+    assert [v["elapsed_s"] for v in vals] == pytest.approx([2.0, 4.0])
+    # The target is the best level every run reaches: here 2.5 (the slower run's best).
+    other = val_curve(_records(0.0, [2.5, 2.6], step_s=2.0, eval_s=0.5))
+    assert val_targets({("job", 0): vals, ("job", 5): other, ("plain", 0): []}) == {"job": 2.5}
+    assert val_to_target(vals, 2.5) == (pytest.approx(4.0), 4) and val_to_target(other, 2.5) == (pytest.approx(4.0), 2)
+    assert val_to_target(vals, 1.0) is None
+
+
+def test_netcheck_rows_time_to_a_validation_target():
+    from launch.bench.netcheck import link_cost_of, method_rows
+
+    clients = {"1": {"aggregation_rounds": 2, "aggregation_bytes": 2e6},
+               "2": {"aggregation_rounds": 2, "aggregation_bytes": 2e6}}
+    base = {"method": "splitlora", "n_clients": 2, "local_steps": 4, "bytes_up": 8e6, "bytes_down": 4e6,
+            "clients": clients, "wall_s": 4.0 + 20.0}  # 4 s of steps, 2 validations of 10 s
+    slow = {**base, "wall_s": 12.0 + 1.0}  # 12 s of steps over the link, 2 validations of 0.5 s
+    runs = [((0.0, 0.0), base, _records(0.0, [3.0, 2.0], 1.0, 10.0)),
+            ((8.0, 8.0), slow, _records(0.0, [3.0, 2.0], 3.0, 0.5))]
+    unshaped, shaped = method_rows("split", "splitlora", "vanilla", 2, runs)
+    assert unshaped["measured_extra_s"] == 0.0 and shaped["measured_extra_s"] == pytest.approx(8.0)
+    assert shaped["wall_s"] == pytest.approx(12.0) and shaped["val_target"] == 2.0
+    assert shaped["to_val_target_s"] == pytest.approx(12.0)  # step 4 at 3 s per step
+    cost = link_cost_of(base, (8.0, 8.0), 2, "vanilla")
+    assert shaped["to_val_target_predicted_s"] == pytest.approx(4.0 + cost.up_to(4))
+    assert unshaped["to_val_target_predicted_s"] == pytest.approx(4.0)

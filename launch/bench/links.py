@@ -23,7 +23,7 @@ from typing import Any
 from launch import netlab
 from launch.bench import netsim
 from launch.bench.netcheck import link_cost_of, link_name, parse_rate
-from launch.bench.report import RunSpec, analyze_run
+from launch.bench.report import RunSpec, analyze_run, val_targets, val_to_target
 from launch.jobs import JobError
 
 UNSHAPED = (0.0, 0.0)
@@ -80,14 +80,17 @@ def _to_target(run: dict[str, Any], target: float) -> tuple[float, int] | None:
 
 def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], warmup: int,
             every: int) -> list[dict[str, Any]]:
-    """Per job and rate: measured wall, the link's measured and predicted share, the phases, and
-    the time to a target training loss (the best smoothed loss every rate of the job reaches),
-    measured over the link beside the unshaped run's time plus netsim's link time to that step."""
+    """Per job and rate: measured training wall, the link's measured and predicted share, the phases,
+    and the times to a target training loss (the best smoothed loss every rate of the job reaches)
+    and, with ``eval.every``, to a target validation loss, measured over the link beside the
+    unshaped run's time plus netsim's link time to that step. Evaluations during training are
+    left out of every time (their traffic is not training's)."""
     analyzed = {key: analyze_run(d, spec, warmup) for key, (d, spec) in runs.items()}
     targets: dict[str, float] = {}
     for (run_id, _), run in analyzed.items():
         best = min(netsim.smooth([c["loss"] for c in run["curve"]], SMOOTH))
         targets[run_id] = max(targets.get(run_id, best), best)
+    vtargets = val_targets({key: run["val_curve"] for key, run in analyzed.items()})
     rows = []
     for (run_id, rate), (d, spec) in runs.items():
         base = runs.get((run_id, UNSHAPED))
@@ -95,13 +98,17 @@ def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], w
             continue
         summary = json.loads((d / "summary.json").read_text())
         base_summary = json.loads((base[0] / "summary.json").read_text())
-        run = analyzed[(run_id, rate)]
-        extra = summary["wall_s"] - base_summary["wall_s"]
+        run, base_run = analyzed[(run_id, rate)], analyzed[(run_id, UNSHAPED)]
+        extra = (summary["wall_s"] - run["eval_s"]) - (base_summary["wall_s"] - base_run["eval_s"])
         cost = link_cost_of(base_summary, rate, every, spec.shape)
         predicted = cost.whole_run(base_summary["local_steps"])
         collective = run["aggregation"]["collective_ms"]
-        hit, base_hit = _to_target(run, targets[run_id]), _to_target(analyzed[(run_id, UNSHAPED)], targets[run_id])
-        rows.append({"run": run_id, "link": link_name(rate), "rate": list(rate), "wall_s": summary["wall_s"],
+        hit, base_hit = _to_target(run, targets[run_id]), _to_target(base_run, targets[run_id])
+        vtarget = vtargets.get(run_id)
+        vhit = None if vtarget is None else val_to_target(run["val_curve"], vtarget)
+        vbase = None if vtarget is None else val_to_target(base_run["val_curve"], vtarget)
+        rows.append({"run": run_id, "link": link_name(rate), "rate": list(rate),
+                     "wall_s": summary["wall_s"] - run["eval_s"],
                      "measured_extra_s": extra, "predicted_extra_s": predicted,
                      "measured_over_predicted": extra / predicted if predicted > 0 else None,
                      "step_ms": run["step_ms"]["median"], "cut_up_ms": _median_ms(run, "cut up"),
@@ -109,7 +116,9 @@ def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], w
                      "aggregation_ms": collective["median"] if collective else None,
                      "target_loss": targets[run_id], "to_target_s": None if hit is None else hit[0],
                      "to_target_predicted_s": None if base_hit is None else base_hit[0] + cost.up_to(base_hit[1]),
-                     "val_loss": summary.get("val_loss")})
+                     "val_loss": summary.get("val_loss"), "val_target": vtarget,
+                     "to_val_target_s": None if vhit is None else vhit[0],
+                     "to_val_target_predicted_s": None if vbase is None else vbase[0] + cost.up_to(vbase[1])})
     return rows
 
 
@@ -168,4 +177,25 @@ def links_section(rows: list[dict[str, Any]]) -> list[str]:
         lines += ["", f"Measured / netsim where netsim predicts at least 0.5 s: median "
                       f"{statistics.median(ratios):.2f}, range {min(ratios):.2f}–{max(ratios):.2f} "
                       f"({len(ratios)} runs)."]
+    return [*lines, "", *val_section(rows)]
+
+
+def val_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Time to a target validation loss over the links (jobs run with ``eval.every``; else nothing)."""
+    rows = [r for r in rows if r.get("val_target") is not None]
+    if not rows:
+        return []
+
+    def s(x: float | None) -> str:
+        return "—" if x is None else f"{x:.1f}"
+
+    lines = ["*To a target validation loss* (the jobs ran with `--eval.every`): training time (evaluations left "
+             "out) until the validation loss first reaches the best level every rate of the job reaches, "
+             "measured over the link, beside the unshaped run's time to it plus netsim's link time up to that "
+             "step.", "", "| run | link (Mbit/s) | target val loss | measured (s) | unshaped + netsim (s) | ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        m, p = r["to_val_target_s"], r["to_val_target_predicted_s"]
+        ratio = f"{m / p:.2f}" if m is not None and p else "—"
+        lines.append(f"| {r['run']} | {r['link']} | {r['val_target']:.4f} | {s(m)} | {s(p)} | {ratio} |")
     return [*lines, ""]

@@ -8,8 +8,12 @@ its own namespace, each client's uplink and downlink shaped to the rate (0: unsh
 baseline; it must come first). From the unshaped run's bytes (per client step: ``bytes_up`` /
 ``bytes_down``; per aggregation: the payload) netsim predicts the time each link adds
 (serialisation only: round-trip time cannot be emulated here, so the profile's RTT is 0);
-the measured extra is the shaped run's training wall time minus the unshaped one's. Writes
-``netcheck.json`` and ``netcheck.md`` into ``--out``. Needs root (as netlab).
+the measured extra is the shaped run's training wall time minus the unshaped one's. With
+``--eval.every N`` among the job's arguments the table adds the training time to a target
+validation loss (the best every rate reaches), measured beside the unshaped run's time to it
+plus netsim's link time up to that step; the validations' own time is left out of every figure
+(their traffic is not training's). Writes ``netcheck.json`` and ``netcheck.md`` into ``--out``.
+Needs root (as netlab).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 from launch import netlab
 from launch.bench import netsim
+from launch.bench.report import eval_pauses, read_jsonl, val_curve, val_targets, val_to_target
 
 METHOD_ARGS = {"splitlora": ["--method=splitlora"], "splitlora-u": ["--method=splitlora", "--split.shape=u"],
                "fedlora": ["--method=fedlora"]}
@@ -84,13 +89,47 @@ def one_run(name: str, rate: tuple[float, float], n_nodes: int, train_args: list
     return json.loads((out / "runs" / name / "summary.json").read_text())
 
 
+def method_rows(label: str, method: str, shape: str, every: int,
+                runs: list[tuple[tuple[float, float], dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """One method's rows: per rate (the unshaped run first) its training wall (evaluations during
+    training left out), the link's measured and predicted extra and, with ``eval.every``, the
+    training time to a target validation loss (the best every rate reaches), measured beside the
+    unshaped run's time to it plus netsim's link time up to that step."""
+    curves = {(label, rate): val_curve(recs) for rate, _, recs in runs}
+    target = val_targets(curves).get(label)
+    (_, base, base_recs) = runs[0]
+
+    def train_wall(summary: dict[str, Any], recs: list[dict[str, Any]]) -> float:
+        return summary["wall_s"] - sum(sec for _, sec in eval_pauses(recs))
+
+    base_hit = None if target is None else val_to_target(curves[(label, runs[0][0])], target)
+    rows = []
+    for rate, summary, recs in runs:
+        hit = None if target is None else val_to_target(curves[(label, rate)], target)
+        cost = link_cost_of(base, rate, every, shape)
+        rows.append({"method": label, "rate": list(rate), "link": link_name(rate), "wall_s": train_wall(summary, recs),
+                     "measured_extra_s": train_wall(summary, recs) - train_wall(base, base_recs),
+                     "predicted_extra_s": cost.whole_run(base["local_steps"]), "bytes": bytes_of(base),
+                     "val_target": target, "to_val_target_s": None if hit is None else hit[0],
+                     "to_val_target_predicted_s": None if base_hit is None else
+                     base_hit[0] + cost.up_to(base_hit[1])})
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    val = any(r.get("val_target") is not None for r in rows)
     lines = ["| method | link (Mbit/s, up/down) | training wall (s) | measured extra (s) | netsim extra (s) "
-             "| measured / netsim |", "|---|---:|---:|---:|---:|---:|"]
+             "| measured / netsim |" + (" to target val loss: measured (s) | unshaped + netsim (s) |" if val else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if val else "")]
+
+    def s(x: float | None) -> str:
+        return "—" if x is None else f"{x:.1f}"
+
     for r in rows:
         ratio = f"{r['measured_extra_s'] / r['predicted_extra_s']:.2f}" if r["predicted_extra_s"] > 0 else "—"
         lines.append(f"| {r['method']} | {r['link']} | {r['wall_s']:.1f} | {r['measured_extra_s']:.1f} "
-                     f"| {r['predicted_extra_s']:.1f} | {ratio} |")
+                     f"| {r['predicted_extra_s']:.1f} | {ratio} |"
+                     + (f" {s(r.get('to_val_target_s'))} | {s(r.get('to_val_target_predicted_s'))} |" if val else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -122,17 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         shape = "u" if method.endswith("-u") else "vanilla"
         label = f"{method}-{a.label}" if a.label else method
         args = [*METHOD_ARGS[method], f"--fed.aggregate_every={a.every}", *train_args]
-        base = None
+        runs = []
         for rate in rates:
-            link = link_name(rate)
-            name = f"{label}-{link.replace('/', '-')}"
+            name = f"{label}-{link_name(rate).replace('/', '-')}"
             print(f"netcheck: {name}", file=sys.stderr, flush=True)
             summary = one_run(name, rate, a.clients + 1, args, out)
-            base = summary if base is None else base
-            rows.append({"method": label, "rate": list(rate), "link": link, "wall_s": summary["wall_s"],
-                         "measured_extra_s": summary["wall_s"] - base["wall_s"],
-                         "predicted_extra_s": predicted_extra_s(base, method, rate, a.every, shape),
-                         "bytes": bytes_of(base)})
+            runs.append((rate, summary, read_jsonl(out / "runs" / name / "metrics.jsonl")))
+        rows += method_rows(label, method, shape, a.every, runs)
     (out / "netcheck.json").write_text(json.dumps({"rows": rows, "train_args": train_args, "clients": a.clients,
                                                    "every": a.every}, indent=2) + "\n")
     (out / "netcheck.md").write_text(table(rows))

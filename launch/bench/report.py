@@ -83,14 +83,59 @@ def _memory(method: str, summary: dict[str, Any]) -> dict[str, Any]:
     return {"ranks": ranks}
 
 
-def _curve(steps: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Loss per step index (mean over clients) against wall time since the run's first step began."""
+def eval_pauses(recs: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(end time, seconds) of every evaluation during training (``eval.every``: ``val`` / ``test``
+    records): the job's training pauses for them, so training time leaves them out."""
+    return sorted((r["t"], r.get("eval_s", 0.0)) for r in recs if r.get("kind") in ("val", "test"))
+
+
+def paused_before(pauses: list[tuple[float, float]], t: float) -> float:
+    """Seconds of evaluation that ended by time ``t``."""
+    return sum(s for end, s in pauses if end <= t)
+
+
+def _curve(steps: list[dict[str, Any]], pauses: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """Loss per step index (mean over clients) against training time since the run's first step
+    began (evaluations during training left out)."""
     start = min(r["t"] - r["step_time"] for r in steps)
     by_step: dict[int, list[dict[str, Any]]] = {}
     for r in steps:
         by_step.setdefault(r["step"], []).append(r)
-    return [{"step": s, "elapsed_s": max(r["t"] for r in rs) - start,
-             "loss": statistics.fmean(r["loss"] for r in rs)} for s, rs in sorted(by_step.items())]
+    out = []
+    for s, rs in sorted(by_step.items()):
+        end = max(r["t"] for r in rs)
+        out.append({"step": s, "elapsed_s": end - start - paused_before(pauses, end),
+                    "loss": statistics.fmean(r["loss"] for r in rs)})
+    return out
+
+
+def val_curve(recs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The validation loss of ``eval.every`` per step against training time since the first step
+    began (when that step's aggregation ended; the evaluations left out); [] without it."""
+    steps = [r for r in recs if r.get("kind") == "step"]
+    vals = [r for r in recs if r.get("kind") == "val" and r.get("val_loss") is not None]
+    if not steps or not vals:
+        return []
+    start, pauses = min(r["t"] - r["step_time"] for r in steps), eval_pauses(recs)
+    return [{"step": r["step"], "val_loss": r["val_loss"],
+             "elapsed_s": r["t"] - r["eval_s"] - start - paused_before(pauses, r["t"] - r["eval_s"])}
+            for r in sorted(vals, key=lambda r: r["step"])]
+
+
+def val_to_target(curve: list[dict[str, float]], target: float) -> tuple[float, int] | None:
+    """(training s, step) where the validation loss (``eval.every``) first reaches ``target``."""
+    hit = next((c for c in curve if c["val_loss"] <= target), None)
+    return None if hit is None else (hit["elapsed_s"], hit["step"])
+
+
+def val_targets(curves: dict[tuple[str, Any], list[dict[str, float]]]) -> dict[str, float]:
+    """Per job: the best validation loss every rate of the job reaches (jobs without ``eval.every``: none)."""
+    targets: dict[str, float] = {}
+    for (job, _), curve in curves.items():
+        if curve:
+            best = min(c["val_loss"] for c in curve)
+            targets[job] = max(targets.get(job, best), best)
+    return targets
 
 
 def _aggregation(aggs: list[dict[str, Any]], n_clients: int, n_steps: int) -> dict[str, Any]:
@@ -163,7 +208,9 @@ def analyze_run(run_dir: Path, spec: RunSpec, warmup: int) -> dict[str, Any]:
     groups = [step_groups(r) for r in steady]
     ratios = [sum(r["time"].values()) / r["step_time"] for r in steady]
     window_start = min(r["t"] - r["step_time"] for r in steady)
-    window = max(r["t"] for r in steady) - window_start
+    window_end = max(r["t"] for r in steady)
+    pauses = eval_pauses(recs)
+    window = window_end - window_start - (paused_before(pauses, window_end) - paused_before(pauses, window_start))
     tokens = sum(r["tokens"] for r in steady)
     tps = tokens / window
     rt = config["runtime"]
@@ -190,7 +237,9 @@ def analyze_run(run_dir: Path, spec: RunSpec, warmup: int) -> dict[str, Any]:
         "memory": _memory(spec.method, summary),
         "loss": {"first": summary.get("loss_first"), "last": summary.get("loss_last"),
                  "val": summary.get("val_loss")},
-        "curve": _curve(steps),
+        "curve": _curve(steps, pauses),
+        "val_curve": val_curve(recs),
+        "eval_s": sum(sec for _, sec in pauses),  # evaluation during training (eval.every), all of it
         "decoding": _decoding(run_dir, summary),
         "job": json.loads((run_dir / JOB_FILE).read_text()) if (run_dir / JOB_FILE).exists() else None,
     }
