@@ -249,14 +249,15 @@ class ClientRun:
 
     def eval_record(self, step: int) -> dict[str, Any]:
         """``eval.every``'s record of the model as it is after this step's aggregation: the whole model
-        (FedLoRA, or SplitLoRA under ``eval.whole_model``) or through the split (the server holds its
-        part for it, so no client's step runs meanwhile); the cut's bytes of a split validation beside."""
-        if not self.split_inference:
-            model = self.global_view() if self.shape is None else \
-                assemble_whole_model(self.cfg, self.global_view(), self.cut).to(self.world.device)
-            return eval_record(model, self.first.data, self.world.device, step, self.rounds, client=self.world.rank)
-        return eval_record(self.split_model(), self.first.data, self.world.device, step, self.rounds,
-                           client=self.world.rank)
+        (FedLoRA, or SplitLoRA under ``eval.whole_model``, assembled afresh) or through the split (the
+        server holds its part for it, so no client's step runs meanwhile)."""
+        if self.split_inference:
+            model: torch.nn.Module | SplitModel = self.split_model()
+        elif self.shape is None:
+            model = self.global_view()
+        else:
+            model = assemble_whole_model(self.cfg, self.global_view(), self.cut).to(self.world.device)
+        return eval_record(model, self.first.data, self.world.device, step, self.rounds, client=self.world.rank)
 
     def split_model(self) -> SplitModel:
         """This rank's part (holding the global state) as a model whose server half runs on the server."""
