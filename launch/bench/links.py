@@ -8,7 +8,9 @@ namespaces and channels, no rate limit), then at each rate. Per run and rate the
 the training wall time, what the link added (the shaped run's wall minus the unshaped one's),
 ``launch/bench/netsim.py``'s prediction of it from the unshaped run's bytes (round-trip time 0: it
 cannot be emulated here), their ratio, and the median step time and cut phases and the
-aggregation's collective time, measured. Needs root (as ``launch.netlab``).
+aggregation's collective time, measured; with ``--extra=--eval.every=N`` also the time to a
+target validation loss. Evaluations during training are left out of every time. Needs root (as
+``launch.netlab``).
 """
 
 from __future__ import annotations
