@@ -21,9 +21,7 @@ Schemes (strings, as they appear in configs):
     contiguous shards and give each client ``k`` shards drawn at random (default k = 2).
     A client therefore holds at most ``k`` classes when the shards align with class
     boundaries, and a few more when classes are smaller than a shard or a shard straddles
-    a boundary. LoRA-A2 (arXiv 2410.22815) also reports a "pathological" split, but its
-    exact rule (appendix table) was not retrievable and its code is not public, so this
-    is the common definition it builds on, not a verified copy of the paper's.
+    a boundary. LoRA-A2's own pathological rule is ``pairs``.
 ``pairs``
     LoRA-A2's pathological split as its Table 7 states it (arXiv 2410.22815): clients
     2k-1 and 2k share classes 2k-1 and 2k, each holding half of each class's items (a
