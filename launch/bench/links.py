@@ -24,8 +24,8 @@ from typing import Any
 
 from launch import netlab
 from launch.bench import netsim
-from launch.bench.netcheck import link_cost_of, link_name, parse_rate
-from launch.bench.report import RunSpec, analyze_run, val_targets, val_to_target
+from launch.bench.netcheck import link_cost_of, link_name, parse_rate, to_val_target
+from launch.bench.report import RunSpec, analyze_run, val_targets
 from launch.jobs import JobError
 
 UNSHAPED = (0.0, 0.0)
@@ -107,8 +107,7 @@ def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], w
         collective = run["aggregation"]["collective_ms"]
         hit, base_hit = _to_target(run, targets[run_id]), _to_target(base_run, targets[run_id])
         vtarget = vtargets.get(run_id)
-        vhit = None if vtarget is None else val_to_target(run["val_curve"], vtarget)
-        vbase = None if vtarget is None else val_to_target(base_run["val_curve"], vtarget)
+        vhit, vpredicted = to_val_target(run["val_curve"], base_run["val_curve"], vtarget, cost)
         rows.append({"run": run_id, "link": link_name(rate), "rate": list(rate),
                      "wall_s": summary["wall_s"] - run["eval_s"],
                      "measured_extra_s": extra, "predicted_extra_s": predicted,
@@ -119,8 +118,7 @@ def compare(runs: dict[tuple[str, tuple[float, float]], tuple[Path, RunSpec]], w
                      "target_loss": targets[run_id], "to_target_s": None if hit is None else hit[0],
                      "to_target_predicted_s": None if base_hit is None else base_hit[0] + cost.up_to(base_hit[1]),
                      "val_loss": summary.get("val_loss"), "val_target": vtarget,
-                     "to_val_target_s": None if vhit is None else vhit[0],
-                     "to_val_target_predicted_s": None if vbase is None else vbase[0] + cost.up_to(vbase[1])})
+                     "to_val_target_s": vhit, "to_val_target_predicted_s": vpredicted})
     return rows
 
 

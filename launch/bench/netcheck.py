@@ -89,6 +89,16 @@ def one_run(name: str, rate: tuple[float, float], n_nodes: int, train_args: list
     return json.loads((out / "runs" / name / "summary.json").read_text())
 
 
+def to_val_target(curve: list[dict[str, float]], base_curve: list[dict[str, float]], target: float | None,
+                  cost: netsim.LinkCost) -> tuple[float | None, float | None]:
+    """Training seconds to the validation ``target`` over the link (``curve``), and the unshaped run's
+    (``base_curve``) plus netsim's link time up to that step; None where not reached (or no target)."""
+    if target is None:
+        return None, None
+    hit, base_hit = val_to_target(curve, target), val_to_target(base_curve, target)
+    return None if hit is None else hit[0], None if base_hit is None else base_hit[0] + cost.up_to(base_hit[1])
+
+
 def method_rows(label: str, method: str, shape: str, every: int,
                 runs: list[tuple[tuple[float, float], dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """One method's rows: per rate (the unshaped run first) its training wall (evaluations during
@@ -102,17 +112,14 @@ def method_rows(label: str, method: str, shape: str, every: int,
     def train_wall(summary: dict[str, Any], recs: list[dict[str, Any]]) -> float:
         return summary["wall_s"] - sum(sec for _, sec in eval_pauses(recs))
 
-    base_hit = None if target is None else val_to_target(curves[(label, runs[0][0])], target)
     rows = []
     for rate, summary, recs in runs:
-        hit = None if target is None else val_to_target(curves[(label, rate)], target)
-        cost = link_cost_of(base, rate, every, shape)
+        measured, predicted = to_val_target(curves[(label, rate)], curves[(label, runs[0][0])], target,
+                                            link_cost_of(base, rate, every, shape))
         rows.append({"method": label, "rate": list(rate), "link": link_name(rate), "wall_s": train_wall(summary, recs),
                      "measured_extra_s": train_wall(summary, recs) - train_wall(base, base_recs),
-                     "predicted_extra_s": cost.whole_run(base["local_steps"]), "bytes": bytes_of(base),
-                     "val_target": target, "to_val_target_s": None if hit is None else hit[0],
-                     "to_val_target_predicted_s": None if base_hit is None else
-                     base_hit[0] + cost.up_to(base_hit[1])})
+                     "predicted_extra_s": predicted_extra_s(base, method, rate, every, shape), "bytes": bytes_of(base),
+                     "val_target": target, "to_val_target_s": measured, "to_val_target_predicted_s": predicted})
     return rows
 
 
