@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from runtime.config import ConfigError, build_config, validate_for_world
 from tests.torchrun_util import torchrun
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,10 @@ def _vals(run) -> list[dict]:
     return [r for r in run.metrics() if r.get("kind") == "val"]
 
 
-@pytest.mark.parametrize("method, nproc", [("cenlora", 1), ("fedlora", 3), ("splitlora", 3)])
+# SplitLoRA by default; CenLoRA's and FedLoRA's path (the whole model) is the classifier's too,
+# which tests/test_classify_runs.py runs with eval.every by default.
+@pytest.mark.parametrize("method, nproc", [pytest.param("cenlora", 1, marks=pytest.mark.heavy),
+                                           pytest.param("fedlora", 3, marks=pytest.mark.heavy), ("splitlora", 3)])
 def test_the_validation_loss_every_n_steps(tmp_path, method, nproc):
     run = torchrun(nproc, [f"--method={method}", *COMMON, "--eval.every=4"], tmp_path)
     assert run.rc == 0, run.stderr[-3000:]
@@ -40,8 +44,10 @@ def test_the_validation_loss_through_a_batched_server_in_arrival_order(tmp_path)
     assert [v["step"] for v in _vals(run)] == [2, 4, 6, 8]
 
 
-def test_eval_every_is_checked_before_the_run(tmp_path):
-    run = torchrun(3, ["--method=fedlora", *COMMON, "--eval.every=3"], tmp_path)
-    assert run.rc != 0 and "must be a multiple of fed.aggregate_every" in run.stderr
-    run = torchrun(1, ["--method=cenlora", *COMMON, "--eval.every=4", "--data.max_eval_examples=0"], tmp_path, "b")
-    assert run.rc != 0 and "data.max_eval_examples must be > 0" in run.stderr
+def test_eval_every_is_checked_before_any_process_group():
+    with pytest.raises(ConfigError, match="must be a multiple of fed.aggregate_every"):
+        validate_for_world(build_config(["--method=fedlora", *COMMON, "--eval.every=3"]), 3, 4)
+    with pytest.raises(ConfigError, match="data.max_eval_examples must be > 0"):
+        validate_for_world(build_config(["--method=cenlora", *COMMON, "--eval.every=4",
+                                         "--data.max_eval_examples=0"]), 1, 4)
+    validate_for_world(build_config(["--method=splitlora", *COMMON, "--eval.every=4"]), 3, 4)
