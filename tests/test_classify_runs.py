@@ -86,8 +86,8 @@ def test_what_the_server_receives(tmp_path, encoder_dirs, shape):
         assert all(not t["floating"] and len(t["shape"]) == 1 for t in labels)
 
 
-# Three in the default suite; the others with the heavy cases.
-DEFAULT = ("fedavg", "lora-a2", "ffa")
+# Two in the default suite (FFA-LoRA trains a language model there); the others with the heavy cases.
+DEFAULT = ("fedavg", "lora-a2")
 
 
 @pytest.mark.parametrize("strategy", [s if s in DEFAULT else pytest.param(s, marks=pytest.mark.heavy)
@@ -130,7 +130,8 @@ def _head(run) -> dict[str, torch.Tensor]:
     return load_file(str(run.run_dir / "model/head.safetensors"))
 
 
-@pytest.mark.parametrize("shape", ["vanilla", "u"])
+# U with the heavy cases: test_one_client_split_equals_centralized runs U with the frozen head by default.
+@pytest.mark.parametrize("shape", ["vanilla", pytest.param("u", marks=pytest.mark.heavy)])
 def test_a_trained_head_split_equals_centralized(tmp_path, encoder_dirs, shape):
     """model.train_head: the head's holder trains it (vanilla: the server, U: the client); one-client
     SplitLoRA == CenLoRA for the adapters and the head; the frozen-head run's head is the initial one."""

@@ -17,7 +17,8 @@ from tests.torchrun_util import torchrun
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("shape", [[], ["--split.shape=u", "--split.cut=1"]], ids=["vanilla", "u"])
+@pytest.mark.parametrize("shape", [[], pytest.param(["--split.shape=u", "--split.cut=1"], marks=pytest.mark.heavy)],
+                         ids=["vanilla", "u"])
 def test_compact_split_run_trains_resumes_bitwise_and_is_scored(pretrained_base, tmp_path, shape):
     args = [*shape, f"--model.path={pretrained_base}", "--train.max_steps=6", "--ckpt.every=3",
             "--runtime.order=round_robin", "--fed.aggregate_every=2", "--eval.at_end=true", "--eval.split=valid",

@@ -105,6 +105,7 @@ def test_paper_numbers_complete():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # four runs; test_cut_rank_sweep_scores_e2e_beside_the_costs runs the sweep by default
 @pytest.mark.timeout(900)
 def test_cut_rank_sweep_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("SPLITLORA_DATA", raising=False)
