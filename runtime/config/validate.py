@@ -56,6 +56,7 @@ def validate_for_world(cfg: Config, world_size: int, n_layer: int) -> None:
             _check(cfg.fed.strategy == "fedavg",
                    "split.client_cuts (per-client cuts) is implemented for fed.strategy=fedavg only")
     _check_lora_layers(cfg, world_size, n_layer)
+    _check_eval_every(cfg)
     _check_classify(cfg)
 
 
@@ -96,17 +97,22 @@ def _check_population(cfg: Config, world_size: int) -> int:
     return n
 
 
+def _check_eval_every(cfg: Config) -> None:
+    """eval.every: fine-tuning only, on the aggregated model, with something to evaluate."""
+    if not cfg.eval.every:
+        return
+    _check(cfg.data.task != "pretrain", "eval.every applies to fine-tuning (data.task=finetune|classify)")
+    _check(cfg.method == "cenlora" or cfg.eval.every % cfg.fed.aggregate_every == 0,
+           f"eval.every ({cfg.eval.every}) must be a multiple of fed.aggregate_every "
+           f"({cfg.fed.aggregate_every}): the model evaluated is the aggregated one")
+    _check(cfg.data.task == "classify" or cfg.data.max_eval_examples > 0,
+           "eval.every records the validation loss: data.max_eval_examples must be > 0")
+
+
 def _check_classify(cfg: Config) -> None:
     """What a classification run refuses before it starts (the model's architecture is checked in
     runtime.build.check_model_fits_task)."""
-    if cfg.eval.every:
-        _check(cfg.data.task != "pretrain", "eval.every applies to fine-tuning (data.task=finetune|classify)")
-        _check(cfg.method == "cenlora" or cfg.eval.every % cfg.fed.aggregate_every == 0,
-               f"eval.every ({cfg.eval.every}) must be a multiple of fed.aggregate_every "
-               f"({cfg.fed.aggregate_every}): the model evaluated is the aggregated one")
     if cfg.data.task != "classify":
-        _check(cfg.eval.every == 0 or cfg.data.max_eval_examples > 0,
-               "eval.every records the validation loss: data.max_eval_examples must be > 0")
         _check(not cfg.model.train_head, "model.train_head applies to an encoder's classification head "
                                          "(data.task=classify)")
         return
