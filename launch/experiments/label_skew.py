@@ -26,7 +26,8 @@ Outputs in ``--out``: ``runs/<arm>-r<r>-<skew>-s<seed>/``, ``logs/``, ``results.
 run's accuracy per round, final scores, uploaded parameters and settings), ``table.md`` (mean
 over seeds, ± half the range) and ``accuracy.png`` (accuracy per round). Finished runs are
 skipped and interrupted ones resume: rerun the same command to continue. Extra
-``--section.key=value`` arguments go to every run.
+``--section.key=value`` arguments go to every run. ``launch.experiments.skew_tables`` merges
+the results of several output folders into one summary.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.experiments import common
-from launch.experiments.tables import DASH, md_table
+from launch.experiments.skew_tables import render_table
 
 SIX = "q,k,v,attn_proj,mlp_fc,mlp_proj"
 
@@ -165,23 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     plot_accuracy(results, out / "accuracy.png")
     print(f"table: {out / 'table.md'}", flush=True)
     return 1 if failed else 0
-
-
-def render_table(results: list[dict[str, Any]]) -> str:
-    """Test accuracy (%) per arm × rank (rows) and skew (columns): mean over seeds ± half the range,
-    with the uploaded parameters per client beside each arm."""
-    skews = list(dict.fromkeys(r["skew"] for r in results))
-    rows = []
-    for arm, rank in dict.fromkeys((r["arm"], r["rank"]) for r in results):
-        cells = []
-        for skew in skews:
-            acc = [100 * r["final"]["accuracy"] for r in results
-                   if (r["arm"], r["rank"], r["skew"]) == (arm, rank, skew)]
-            mean, half = (sum(acc) / len(acc), (max(acc) - min(acc)) / 2) if acc else (0.0, 0.0)
-            cells.append(f"{mean:.2f} ± {half:.2f} (n={len(acc)})" if acc else DASH)
-        up = max(r["up_params_per_client"] for r in results if (r["arm"], r["rank"]) == (arm, rank))
-        rows.append([arm, str(rank), *cells, f"{up:,}"])
-    return md_table(["arm", "rank", *[f"{s}" for s in skews], "uploaded params / client"], rows)
 
 
 def plot_accuracy(results: list[dict[str, Any]], path: Path) -> None:
