@@ -42,7 +42,8 @@ def test_a_tiny_encoder_learns_the_synthetic_intents(tmp_path, encoder_dirs):
     assert head["head.weight"].shape == (8, 32)
 
 
-@pytest.mark.parametrize("shape", ["vanilla", "u"])
+# Vanilla with the heavy cases: test_a_trained_head_split_equals_centralized runs it by default.
+@pytest.mark.parametrize("shape", [pytest.param("vanilla", marks=pytest.mark.heavy), "u"])
 def test_one_client_split_equals_centralized(tmp_path, encoder_dirs, shape):
     common = [*_args(encoder_dirs, "roberta"), "--train.max_steps=6", "--data.partition=contiguous"]
     split = ["--method=splitlora", f"--split.shape={shape}", "--split.cut=1",
@@ -59,7 +60,8 @@ def test_one_client_split_equals_centralized(tmp_path, encoder_dirs, shape):
     assert abs(cen.summary()["val_loss"] - sp.summary()["val_loss"]) < 1e-5
 
 
-@pytest.mark.parametrize("shape", ["vanilla", "u"])
+# U by default: the shape that promises the labels never leave the client.
+@pytest.mark.parametrize("shape", [pytest.param("vanilla", marks=pytest.mark.heavy), "u"])
 def test_what_the_server_receives(tmp_path, encoder_dirs, shape):
     """U: only floating tensors (hidden states and the padding mask) reach the server, never ids or
     labels; vanilla (the control): the labels arrive, as integers."""

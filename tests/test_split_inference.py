@@ -121,7 +121,10 @@ def _worker(rank: int, shape: str, batched: bool, port: int, record: str, result
         results[0] = list(split_server.current().decoding.batcher.sizes)
 
 
-@pytest.mark.parametrize("shape,batched", [("vanilla", False), ("u", False), ("vanilla", True), ("u", True)])
+# By default one of each shape and one of each server mode; the other two with the heavy cases.
+@pytest.mark.parametrize("shape,batched", [("vanilla", True), ("u", False),
+                                           pytest.param("vanilla", False, marks=pytest.mark.heavy),
+                                           pytest.param("u", True, marks=pytest.mark.heavy)])
 def test_split_inference_equals_the_whole_model(tmp_path, shape, batched):
     """Batched (split.server_batching): the two clients' decoding steps share server forwards;
     the linear layers then see more rows, so the scores may differ in the last bits, but the

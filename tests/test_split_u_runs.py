@@ -73,9 +73,10 @@ def test_u_bytes_halve_with_a_bf16_cut(tmp_path):
         assert r["bytes_up"] == r["bytes_down"] == 2 * b * t * 64 * 2
 
 
-# Three in the default suite (a factor average, rank selection with budgets, a base-merging
-# strategy); the others with the heavy cases (python -m pytest -m "heavy or not heavy").
-DEFAULT = ("fedavg", "lora-a2", "flora")
+# Two in the default suite (rank selection with budgets, a base-merging strategy; U with the
+# factor average trains in the tests above); the others with the heavy cases
+# (python -m pytest -m "heavy or not heavy").
+DEFAULT = ("lora-a2", "flora")
 
 
 @pytest.mark.parametrize("strategy", [s if s in DEFAULT else pytest.param(s, marks=pytest.mark.heavy)
