@@ -124,7 +124,11 @@ def load_clients_data(cfg: Config, indices: list[int], n_clients: int) -> list[C
     ``n_clients``: the split is read, partitioned and the evaluation set encoded once per rank."""
     if cfg.data.task == "classify":
         return load_client_texts(cfg, indices, n_clients)
-    splits = load_splits(cfg.data.dir, cfg.data.source, synthetic_seed=cfg.train.seed)
+    # Only the rows this run reads are converted (pretraining makes documents from all of them).
+    limits = {} if cfg.data.task == "pretrain" else {"valid": cfg.data.max_eval_examples, "test": 0}
+    if cfg.data.max_train_examples and cfg.data.task != "pretrain":
+        limits["train"] = cfg.data.max_train_examples
+    splits = load_splits(cfg.data.dir, cfg.data.source, synthetic_seed=cfg.train.seed, limits=limits)
     train, valid = splits.train, splits.valid
     if cfg.data.task == "pretrain":  # documents from the references alone (train for training, dev for the loss)
         train = make_docs([it.completion for it in train], seed=cfg.train.seed)

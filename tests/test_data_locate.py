@@ -119,3 +119,15 @@ def test_cli_convert_and_stats(clean_env, capsys):
     assert data_main(["stats", "--data.dir", str(clean_env / "missing")]) == 2
     assert "splitlora-data download" in capsys.readouterr().err
     assert data_main(["stats", "--source", "synthetic", "--partition", "dirichlet:abc"]) == 2
+
+
+def test_limits_convert_a_prefix_of_each_split(clean_env):
+    """A run that reads N rows gets exactly the first N of the whole conversion; the note keeps
+    the files' sizes."""
+    whole = load_splits(None, source="synthetic", synthetic_seed=3)
+    some = load_splits(None, source="synthetic", synthetic_seed=3, limits={"train": 40, "valid": 5, "test": 0})
+    assert some.train == whole.train[:40] and some.valid == whole.valid[:5] and some.test == []
+    assert some.raw == whole.raw
+    d = _fake_e2e(clean_env / "d")
+    full, capped = load_splits(d, source="e2e"), load_splits(d, source="e2e", limits={"train": 1})
+    assert capped.train == full.train[:1] and capped.valid == full.valid and capped.note == full.note
