@@ -31,6 +31,7 @@ def test_seeds_from_two_folders_make_one_cell(tmp_path: Path) -> None:
     b = folder(tmp_path, "b", [run("lora-a2-matched", "0.01", 111, 0.30), run("fedavg", "0.5", 111, 0.10)])
     out = tmp_path / "s.md"
     assert skew_tables.main([str(a), str(b), "--out", str(out)]) == 0
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # accuracy per round beside it
     text = out.read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     # columns: the mild skew first; rows: the baselines before LoRA-A2

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.experiments import common
-from launch.experiments.skew_tables import render_table
+from launch.experiments.skew_tables import partition, plot_accuracy, render_table
 
 SIX = "q,k,v,attn_proj,mlp_fc,mlp_proj"
 
@@ -77,11 +77,6 @@ def arms(kind: str, r: int, global_rank: int, clients: int, hetero: list[int],
                 ("lora-a2", ["--fed.strategy=lora-a2", f"--lora.r={global_rank}", f"--fed.client_ranks={ranks}",
                              *alpha(global_rank)])]
     raise ValueError(f"unknown arms {kind!r}: main | ablation | hetero")
-
-
-def partition(skew: str) -> str:
-    """``0.01`` -> ``dirichlet:0.01``; ``pathological[:k]``, ``pairs`` and ``iid`` as they are."""
-    return skew if skew.startswith(("pathological", "iid", "pairs")) else f"dirichlet:{float(skew)}"
 
 
 def run_args(a: argparse.Namespace, arm_args: list[str], skew: str, seed: int) -> list[str]:
@@ -166,31 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     plot_accuracy(results, out / "accuracy.png")
     print(f"table: {out / 'table.md'}", flush=True)
     return 1 if failed else 0
-
-
-def plot_accuracy(results: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy per round, one panel per (rank, skew), one line per arm and seed."""
-    if not results:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    panels = list(dict.fromkeys((r["rank"], r["skew"]) for r in results))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, (rank, skew) in zip(axes[0], panels):
-        for r in (r for r in results if (r["rank"], r["skew"]) == (rank, skew)):
-            ax.plot(r["rounds"], [100 * x for x in r["accuracy"]], marker=".", label=f"{r['arm']} s{r['seed']}")
-        ax.set_title(f"rank {rank}, {partition(skew)}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

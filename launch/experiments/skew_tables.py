@@ -56,6 +56,11 @@ def render_table(results: list[dict[str, Any]]) -> str:
     return md_table(["arm", "rank", *[f"{s}" for s in skews], "uploaded params / client"], rows)
 
 
+def partition(skew: str) -> str:
+    """``0.01`` -> ``dirichlet:0.01``; ``pathological[:k]``, ``pairs`` and ``iid`` as they are."""
+    return skew if skew.startswith(("pathological", "iid", "pairs")) else f"dirichlet:{float(skew)}"
+
+
 def skew_order(skew: str) -> tuple[int, float, str]:
     """Dirichlet alphas from the mildest skew down, then the named partitions."""
     try:
@@ -67,6 +72,42 @@ def skew_order(skew: str) -> tuple[int, float, str]:
 def arm_order(arm: str) -> int:
     """The paper's order: the baselines, the ablation's steps, LoRA-A2 last."""
     return next((i for i, a in enumerate(ARM_ORDER) if arm.startswith(a)), len(ARM_ORDER))
+
+
+def plot_accuracy(results: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy per round, one panel per (rank, skew), one line per arm and seed."""
+    if not results:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = list(dict.fromkeys((r["rank"], r["skew"]) for r in results))
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
+    arms = sorted(dict.fromkeys(r["arm"] for r in results), key=arm_order)
+    seeds = sorted(dict.fromkeys(r["seed"] for r in results))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (rank, skew) in zip(axes.flat, panels):
+        for r in (r for r in results if (r["rank"], r["skew"]) == (rank, skew)):
+            # one colour per arm, one line style per seed: the same in every panel
+            ax.plot(r["rounds"], [100 * x for x in r["accuracy"]], marker=".", label=f"{r['arm']} s{r['seed']}",
+                    color=colours[arms.index(r["arm"]) % len(colours)],
+                    linestyle=("-", "--", ":", "-.")[seeds.index(r["seed"]) % 4])
+        ax.set_title(f"rank {rank}, {partition(skew)}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def load_runs(folders: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -132,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.out}: up to date")
         return 0
     a.out.write_text(text, encoding="utf-8")
-    print(f"summary: {a.out}")
+    plot_accuracy(sorted((r for r in runs if r["arms"] == "main"),
+                         key=lambda r: (r["rank"], skew_order(r["skew"]), arm_order(r["arm"]), r["seed"])),
+                  a.out.with_suffix(".png"))
+    print(f"summary: {a.out} and {a.out.with_suffix('.png')} (accuracy per round, main methods)")
     return 0
 
 
